@@ -1,0 +1,202 @@
+"""The ``spiro-deploy`` command.
+
+``main`` is the one place that turns an error into a one-line message and
+an exit status; everything below it raises.  Heavy modules (requests, the
+builder) are imported only once the arguments are parsed, so ``--help``
+starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Sequence
+
+from . import __version__
+from .errors import ExitCode, SpiroDeployError
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    deployed; every minion that was highstated succeeded
+  1    deploy failed: the server raised, or a minion failed its highstate
+  2    usage error or bad input (names, paths, token, URL, bundle contents)
+  3    deployed, but some minions never reported
+  4    cannot connect (refused, DNS, TLS verification failed, upload cut)
+  5    token rejected (401), not allowed for the project (403), or expired
+  6    the event stream was cut, stalled past --timeout, or was not valid
+  7    the server refused the upload with another HTTP status (400, 5xx)
+  130  interrupted (Ctrl-C or SIGTERM); the message says whether the
+       server may already have the new bundle
+
+environment:
+  SPIRO_URL         server URL (default https://salt:4510/)
+  SPIRO_TOKEN_FILE  file holding the token (preferred in CI: not visible in ps)
+  SPIRO_TOKEN       the token itself
+  NO_COLOR          set to disable colour
+"""
+
+SOURCE_METHODS = ("git", "fs", "filesystem", "auto")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (options of the original spiro-deploy, plus more)."""
+    parser = argparse.ArgumentParser(
+        prog="spiro-deploy",
+        description="Bundle _salt/ (plus artifacts and, optionally, the source) and deploy "
+                    "it to a SpiroFS server as saltenv <project>/<deployment>, showing the "
+                    "server's progress and each minion's highstate as they happen.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("project", help="project to deploy to")
+    parser.add_argument("deployment", help="deployment of the project (e.g. prod)")
+
+    bundle = parser.add_argument_group("bundle")
+    bundle.add_argument("--artifact", action="append", default=[], metavar="PATH",
+                        help="add a file or directory under _artifacts/PATH (repeatable)")
+    bundle.add_argument("--include-source", nargs="?", const="auto", default=None,
+                        choices=SOURCE_METHODS, metavar="METHOD",
+                        help="add the source under _source: 'git' (git archive of HEAD), "
+                             "'fs'/'filesystem' (files on disk, honouring .spiroignore); "
+                             "bare: git in a git checkout, else fs")
+    bundle.add_argument("-C", "--directory", default=".", metavar="DIR",
+                        help="project directory (default: the current one)")
+    bundle.add_argument("--allow-empty", action="store_true",
+                        help="deploy even with no _salt content (this empties the saltenv)")
+    bundle.add_argument("--dry-run", action="store_true",
+                        help="build the bundle and show its manifest; upload nothing")
+    bundle.add_argument("--output", metavar="FILE",
+                        help="also write the bundle to FILE")
+    bundle.add_argument("--manifest", action="store_true",
+                        help="with --dry-run, list every file with its size and sha256")
+
+    deploy = parser.add_argument_group("deploy")
+    highstate = deploy.add_mutually_exclusive_group()
+    highstate.add_argument("--highstate", dest="highstate", action="store_true", default=True,
+                           help="highstate the affected minions after deploying (default)")
+    highstate.add_argument("--no-highstate", dest="highstate", action="store_false",
+                           help="deploy without highstating")
+    deploy.add_argument("--bundle", metavar="TAR",
+                        help="upload this existing tar instead of building one "
+                             "(every member is checked first)")
+
+    server = parser.add_argument_group("server")
+    server.add_argument("--server", metavar="URL", help="server URL (overrides SPIRO_URL)")
+    token = server.add_mutually_exclusive_group()
+    token.add_argument("--token", metavar="TOKEN",
+                       help="token (overrides SPIRO_TOKEN; visible in ps, prefer --token-file)")
+    token.add_argument("--token-file", metavar="FILE",
+                       help="read the token from FILE (overrides SPIRO_TOKEN_FILE)")
+    tls = server.add_mutually_exclusive_group()
+    tls.add_argument("--ssl-cert", metavar="FILE",
+                     help="verify the server with this CA or certificate (PEM)")
+    tls.add_argument("--insecure", action="store_true",
+                     help="do not verify the server, and allow plain http:// (dangerous)")
+    server.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="give up when the server is silent this long (default 3600)")
+    server.add_argument("--connect-timeout", type=float, default=20, metavar="SECONDS",
+                        help="give up connecting after this long (default 20)")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--json", action="store_true",
+                        help="print one JSON object per event, then the report")
+    output.add_argument("--no-progress", action="store_true",
+                        help="no upload progress bar (it is only drawn on a terminal)")
+    output.add_argument("--version", action="version", version=f"spiro-deploy {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; return its exit status."""
+    args = build_parser().parse_args(argv)
+    from .output import HumanPrinter, JsonPrinter
+
+    printer = JsonPrinter() if args.json else HumanPrinter(progress=False if args.no_progress else None)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run(args, printer)
+    except SpiroDeployError as exc:
+        return _fail(printer, exc.message, exc.exit_code)
+    except KeyboardInterrupt:
+        return _fail(printer, "interrupted before the upload: nothing was sent",
+                     ExitCode.INTERRUPTED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace, printer) -> int:
+    from .builder import build_bundle
+    from .checks import check_name
+    from .deploy import bundle_info, deploy_bundle, deploy_file
+    from .settings import Settings
+
+    check_name("project", args.project)
+    check_name("deployment", args.deployment)
+    settings = None
+    if not args.dry_run:
+        # Settings before bundling: a bad token should not wait for a big build.
+        settings = Settings.resolve(
+            server=args.server, token=args.token, token_file=args.token_file,
+            ssl_cert=args.ssl_cert, insecure=args.insecure,
+            connect_timeout=args.connect_timeout, read_timeout=args.timeout,
+        )
+        if settings.insecure:
+            printer.warn("--insecure: the server is not authenticated; do not use this in "
+                         "production")
+    callbacks = {"on_event": printer.event, "on_progress": printer.progress}
+
+    if args.bundle:
+        if args.dry_run:
+            raise _usage("--bundle cannot be combined with --dry-run")
+        report = deploy_file(args.bundle, args.project, args.deployment, settings,
+                             highstate=args.highstate, **callbacks)
+        printer.finish(report)
+        return int(report.exit_code)
+
+    exclude = [path for path in (args.output, args.token_file,
+                                 os.environ.get("SPIRO_TOKEN_FILE")) if path]
+    with build_bundle(args.directory, artifacts=args.artifact,
+                      include_source=args.include_source, output=args.output,
+                      allow_empty=args.allow_empty, exclude=exclude) as bundle:
+        for warning in bundle.warnings:
+            if args.highstate or "top" not in warning:
+                printer.warn(warning)
+        if args.dry_run:
+            printer.bundle(bundle, verbose=args.manifest)
+            return ExitCode.OK
+        if not args.json:
+            printer.line(f"Deploying {bundle.file_count} files ({bundle.size} bytes) to "
+                         f"{args.project}/{args.deployment}")
+        report = deploy_bundle(bundle.file, args.project, args.deployment, settings,
+                               highstate=args.highstate, bundle_info=bundle_info(bundle),
+                               **callbacks)
+    printer.finish(report)
+    if report.error and not args.json:
+        print(f"spiro-deploy: error: {report.error}", file=sys.stderr, flush=True)
+    return int(report.exit_code)
+
+
+def _fail(printer, message: str, exit_code: int) -> int:
+    print(f"spiro-deploy: error: {message}", file=sys.stderr, flush=True)
+    if hasattr(printer, "error"):
+        printer.error(message, int(exit_code))
+    return int(exit_code)
+
+
+def _usage(message: str) -> SpiroDeployError:
+    from .errors import UsageError
+
+    return UsageError(message)
+
+
+def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
+    # SIGTERM takes the same path as Ctrl-C, so the deploy flow can say what
+    # the server may already have.
+    raise KeyboardInterrupt
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

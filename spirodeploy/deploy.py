@@ -1,0 +1,140 @@
+"""The deploy flow shared by the CLI and the Salt modules.
+
+Build (or check) a bundle, upload it, fold the events into a
+:class:`~spirodeploy.report.DeployReport`.  Presentation is left to the
+caller through two callbacks: ``on_event(event, data, report)`` as each
+event arrives and ``on_progress(sent, total)`` during the upload.
+
+Errors before the server has the bundle (bad input, cannot connect, token
+refused) are raised.  Once the server has it, whatever happens is recorded
+in the report, so the events received so far are never lost; the report's
+``exit_code`` and ``server_has_bundle`` say how it ended.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any, Callable, Iterable, Sequence
+
+from .client import upload
+from .errors import Interrupted, StreamError
+from .report import DeployReport
+from .settings import Settings
+
+EventCallback = Callable[[str, "dict[str, Any]", DeployReport], None]
+ProgressCallback = Callable[[int, int], None]
+
+
+def deploy_bundle(
+    bundle: IO[bytes],
+    project: str,
+    deployment: str,
+    settings: Settings,
+    *,
+    highstate: bool = True,
+    bundle_info: dict[str, Any] | None = None,
+    on_event: EventCallback | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> DeployReport:
+    """Upload an open bundle and return the report of the deploy."""
+    report = DeployReport(project=project, deployment=deployment, highstate=highstate,
+                          bundle=bundle_info)
+    upload_state = {"sent": 0, "total": None}
+
+    def progress(sent: int, total: int) -> None:
+        upload_state["sent"], upload_state["total"] = sent, total
+        if on_progress is not None:
+            on_progress(sent, total)
+
+    events = upload(
+        settings.server, settings.token, bundle, project, deployment,
+        highstate=highstate, sslverify=settings.sslverify,
+        connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
+        progress=progress,
+    )
+    try:
+        for event, data in events:
+            report.add(event, data)
+            if on_event is not None:
+                on_event(event, data, report)
+        report.end_of_stream()
+    except StreamError as exc:
+        report.fail(exc, exc.exit_code, exc.server_has_bundle)
+    except KeyboardInterrupt:
+        exc = _interrupted(report, upload_state["sent"], upload_state["total"])
+        report.fail(exc, exc.exit_code, exc.server_has_bundle)
+    finally:
+        events.close()
+    return report
+
+
+def deploy(
+    project: str,
+    deployment: str,
+    settings: Settings,
+    *,
+    root: str = ".",
+    artifacts: Sequence[str] = (),
+    include_source: str | None = None,
+    highstate: bool = True,
+    allow_empty: bool = False,
+    exclude: Iterable[str] = (),
+    on_event: EventCallback | None = None,
+    on_progress: ProgressCallback | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> DeployReport:
+    """Bundle the project at ``root`` and deploy it; return the report."""
+    from .builder import build_bundle
+    from .checks import check_name
+
+    # Names first: no point bundling a gigabyte for a name the upload refuses.
+    check_name("project", project)
+    check_name("deployment", deployment)
+    with build_bundle(root, artifacts=list(artifacts), include_source=include_source,
+                      allow_empty=allow_empty, exclude=list(exclude)) as bundle:
+        for warning in bundle.warnings:
+            if on_warning is not None:
+                on_warning(warning)
+        return deploy_bundle(bundle.file, project, deployment, settings, highstate=highstate,
+                             bundle_info=bundle_info(bundle), on_event=on_event,
+                             on_progress=on_progress)
+
+
+def deploy_file(
+    path: str,
+    project: str,
+    deployment: str,
+    settings: Settings,
+    *,
+    highstate: bool = True,
+    on_event: EventCallback | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> DeployReport:
+    """Deploy a tar built elsewhere, after checking every member is safe."""
+    from .errors import BundleError
+    from .tarcheck import check_tarball
+
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise BundleError(f"cannot open bundle {path!r}: {exc.strerror}") from None
+    with handle:
+        summary = check_tarball(handle)
+        info = {"sha256": summary.sha256, "size": summary.size, "file_count": summary.file_count}
+        return deploy_bundle(handle, project, deployment, settings, highstate=highstate,
+                             bundle_info=info, on_event=on_event, on_progress=on_progress)
+
+
+def bundle_info(bundle: Any) -> dict[str, Any]:
+    """The bundle facts a report carries."""
+    return {"sha256": bundle.sha256, "size": bundle.size, "file_count": bundle.file_count}
+
+
+def _interrupted(report: DeployReport, sent: int, total: int | None) -> Interrupted:
+    if report.events or (total and sent >= total):
+        return Interrupted("interrupted after the upload: the server has the new bundle and "
+                           "may be deploying it", server_has_bundle=True)
+    if sent:
+        return Interrupted("interrupted during the upload: the server did not get the whole "
+                           "bundle and deploys nothing", server_has_bundle=False)
+    return Interrupted("interrupted before the upload: nothing was sent",
+                       server_has_bundle=False)

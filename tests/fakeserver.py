@@ -1,0 +1,196 @@
+"""A scriptable stand-in for a SpiroFS server, for what the real one cannot do.
+
+It speaks just enough HTTP/1.1 to receive a multipart upload and answer
+with an event stream, and lets a test script the answer: any status, body,
+content type, raw bytes in any chunking, delays, and a connection dropped
+at any point.  Everything it received is kept for assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    fields: dict[str, str] = field(default_factory=dict)
+    bundle: bytes | None = None
+    bundle_parts: int = 0
+    body_size: int = 0
+
+
+@dataclass
+class Script:
+    """What the server does with the next request."""
+
+    status: int = 200
+    content_type: str = "text/event-stream"
+    #: Pieces of the response body, each sent as its own HTTP chunk.
+    chunks: list[bytes] = field(default_factory=list)
+    #: Seconds to wait before each chunk.
+    delay: float = 0.0
+    #: Drop the connection (no terminating chunk) after the chunks.
+    cut: bool = False
+    #: Close the connection before reading the request body.
+    close_before_body: bool = False
+    #: Sleep this long before answering (to trigger read timeouts).
+    stall: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def sse(event: str, data) -> bytes:
+    """One event in the wire format SpiroFS uses."""
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def highstate_events(minion: str = "minion-1", ret=None, retcode: int = 0) -> list[bytes]:
+    """A full deploy with one minion, as SpiroFS 0.3 sends it."""
+    if ret is None:
+        ret = {"file_|-hello_|-/tmp/hello_|-managed": {
+            "result": True, "changes": {"diff": "New file"}, "comment": "File updated",
+            "__run_num__": 0, "__id__": "hello", "name": "/tmp/hello"}}
+    return [
+        sse("deploy-bundle", {"msg": "Deploying bundle"}),
+        sse("highstate-calc", {"msg": "Calculating minions to highstate"}),
+        sse("highstate-start", {"msg": f"Highstating 1 minions: {minion}", "minions": [minion]}),
+        sse("highstate-update", {"msg": f"Minion {minion} finished", "minion": minion,
+                                 "result": {"ret": ret, "retcode": retcode, "jid": "1"}}),
+        sse("highstate-finish", {"msg": "Highstate complete"}),
+    ]
+
+
+class FakeSpiroServer:
+    """Serve scripted answers on 127.0.0.1; use as a context manager."""
+
+    def __init__(self, tls_context: ssl.SSLContext | None = None):
+        self.scripts: list[Script] = []
+        self.default = Script(chunks=highstate_events())
+        self.received: list[Received] = []
+        self.on_request: Callable[[Received], None] | None = None
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_GET(self):
+                outer._handle(self, read_body=False)
+
+            def do_POST(self):
+                outer._handle(self, read_body=True)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        if tls_context is not None:
+            self._server.socket = tls_context.wrap_socket(self._server.socket, server_side=True)
+        self.port = self._server.server_address[1]
+        scheme = "https" if tls_context else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}/"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FakeSpiroServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def then(self, **kwargs) -> "FakeSpiroServer":
+        """Queue the answer to the next request."""
+        self.scripts.append(Script(**kwargs))
+        return self
+
+    def _handle(self, handler: BaseHTTPRequestHandler, read_body: bool) -> None:
+        script = self.scripts.pop(0) if self.scripts else self.default
+        received = Received(handler.command, handler.path, dict(handler.headers.items()))
+        self.received.append(received)
+        if script.close_before_body:
+            handler.connection.shutdown(socket.SHUT_RDWR)
+            handler.close_connection = True
+            return
+        if read_body:
+            length = int(handler.headers.get("Content-Length", 0))
+            body = _read_exactly(handler.rfile, length) if length else _read_chunked(handler.rfile)
+            received.body_size = len(body)
+            _parse_multipart(received, handler.headers.get("Content-Type", ""), body)
+        if self.on_request:
+            self.on_request(received)
+        if script.stall:
+            time.sleep(script.stall)
+        handler.send_response(script.status)
+        handler.send_header("Content-Type", script.content_type)
+        for name, value in script.headers.items():
+            handler.send_header(name, value)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        try:
+            for chunk in script.chunks:
+                if script.delay:
+                    time.sleep(script.delay)
+                if chunk:
+                    handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    handler.wfile.flush()
+            if script.cut:
+                handler.connection.shutdown(socket.SHUT_RDWR)
+            else:
+                handler.wfile.write(b"0\r\n\r\n")
+                handler.wfile.flush()
+        except OSError:
+            pass  # the client went away; that is what some tests do
+        handler.close_connection = True
+
+
+def _read_exactly(stream, length: int) -> bytes:
+    parts, left = [], length
+    while left:
+        piece = stream.read(min(left, 1 << 20))
+        if not piece:
+            break
+        parts.append(piece)
+        left -= len(piece)
+    return b"".join(parts)
+
+
+def _read_chunked(stream) -> bytes:
+    parts = []
+    while True:
+        line = stream.readline()
+        if not line:
+            break
+        size = int(line.split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            stream.readline()
+            break
+        parts.append(_read_exactly(stream, size))
+        stream.readline()
+    return b"".join(parts)
+
+
+def _parse_multipart(received: Received, content_type: str, body: bytes) -> None:
+    if not content_type.startswith("multipart/form-data"):
+        return
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        if name == "bundle":
+            received.bundle = payload
+            received.bundle_parts += 1
+        elif name:
+            received.fields[name] = payload.decode()
