@@ -15,7 +15,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .errors import ExitCode, SpiroDeployError
+from .errors import ExitCode, SpiroDeployError, UsageError
 
 EXIT_CODES_HELP = """\
 exit codes:
@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (options of the original spiro-deploy, plus more)."""
     parser = argparse.ArgumentParser(
         prog="spiro-deploy",
-        description="Bundle _salt/ (plus artifacts and, optionally, the source) and deploy "
-                    "it to a SpiroFS server as saltenv <project>/<deployment>, showing the "
+        description="Bundle _salt/ (plus artifacts and, optionally, the source) and deploy it\n"
+                    "to a SpiroFS server as saltenv <project>/<deployment>, showing the\n"
                     "server's progress and each minion's highstate as they happen.",
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -149,7 +149,7 @@ def _run(args: argparse.Namespace, printer) -> int:
 
     if args.bundle:
         if args.dry_run:
-            raise _usage("--bundle cannot be combined with --dry-run")
+            raise UsageError("--bundle cannot be combined with --dry-run")
         report = deploy_file(args.bundle, args.project, args.deployment, settings,
                              highstate=args.highstate, **callbacks)
         printer.finish(report)
@@ -183,12 +183,6 @@ def _fail(printer, message: str, exit_code: int) -> int:
     if hasattr(printer, "error"):
         printer.error(message, int(exit_code))
     return int(exit_code)
-
-
-def _usage(message: str) -> SpiroDeployError:
-    from .errors import UsageError
-
-    return UsageError(message)
 
 
 def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature

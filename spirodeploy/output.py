@@ -28,12 +28,13 @@ def use_colour(stream: IO[str], environ=os.environ) -> bool:
 class HumanPrinter:
     """Readable lines: one per stage, a block per minion, a closing summary."""
 
-    def __init__(self, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr,
+    def __init__(self, out: IO[str] | None = None, err: IO[str] | None = None,
                  colour: bool | None = None, progress: bool | None = None):
-        self.out = out
-        self.err = err
-        self.colour = use_colour(out) if colour is None else colour
-        self.show_progress = _isatty(err) if progress is None else progress
+        # Looked up now, not at import: the streams may have been replaced.
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.colour = use_colour(self.out) if colour is None else colour
+        self.show_progress = _isatty(self.err) if progress is None else progress
         self._bar = None
 
     def paint(self, text: str, *styles: str) -> str:
@@ -133,9 +134,9 @@ class HumanPrinter:
 class JsonPrinter:
     """One JSON object per line: each event, then ``{"report": ...}``."""
 
-    def __init__(self, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr):
-        self.out = out
-        self.err = err
+    def __init__(self, out: IO[str] | None = None, err: IO[str] | None = None):
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
 
     def _emit(self, obj: dict[str, Any]) -> None:
         print(json.dumps(obj, sort_keys=True), file=self.out, flush=True)
