@@ -112,7 +112,7 @@ def _upload(url, token, tarball, project, deployment, highstate, sslverify,
     while True:
         tarball.seek(start)
         encoder = MultipartEncoder(
-            fields={**fields, "bundle": ("bundle.tar", tarball, "application/x-tar")}
+            fields={**fields, "bundle": ("bundle.tar", _BundleReader(tarball), "application/x-tar")}
         )
         total = encoder.len
         monitor = MultipartEncoderMonitor(
@@ -230,6 +230,29 @@ def safe_url(url: str) -> str:
 
 
 # --- internals ---------------------------------------------------------------
+
+class _BundleReader:
+    """The bundle as the multipart encoder sees it: ``read`` and ``len`` only.
+
+    requests_toolbelt copies anything with ``getvalue()`` (a BytesIO, the
+    builder's buffer) into memory and rolls a spooled file to disk through
+    ``fileno()``; offering neither makes it stream the file in chunks.
+    ``len`` is what is left to read, as the encoder expects.
+    """
+
+    def __init__(self, fileobj: IO[bytes]):
+        self._file = fileobj
+        position = fileobj.tell()
+        self._end = fileobj.seek(0, 2)
+        fileobj.seek(position)
+
+    @property
+    def len(self) -> int:
+        return self._end - self._file.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        return self._file.read(size)
+
 
 class _Retryable(Exception):
     def __init__(self, error: SpiroDeployError):

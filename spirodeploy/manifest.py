@@ -1,0 +1,192 @@
+"""The bundle manifest, ``.spirodeploy.json``.
+
+Every bundle spiro-deploy builds carries, as its last member, a JSON document
+that says what the bundle holds::
+
+    {
+      "format": 1,
+      "tool": "spiro-deploy 1.0.0",
+      "gitcommit": "<contents of .gitcommit>" | null,
+      "digest": "<sha256 hex>",
+      "files": [{"path": "top.sls", "size": 12, "sha256": "...", "mode": 420}, ...]
+    }
+
+``files`` lists every member of the bundle except the manifest itself, sorted
+by path; ``mode`` is the integer permission (``0o644`` = 420 or ``0o755`` =
+493).  ``digest`` is the content digest of the bundle, independent of the tar
+bytes: the sha256 of, for each entry in path order, the UTF-8 bytes of
+``"<path>\\0<sha256 hex>\\0<mode in octal>\\n"``.  Two bundles with the same
+digest deploy the same saltenv.
+
+The document is serialised with ``sort_keys=True`` and compact separators, so
+the same content always gives the same bytes.
+
+This module is deliberately small and dependency-free: the Salt modules use
+:func:`read_manifest` and :func:`diff_manifests` to tell whether a deploy
+would change anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, BinaryIO, Iterable, Mapping, Sequence, Tuple, Union
+
+from .errors import BundleError
+
+__all__ = [
+    "MANIFEST_NAME",
+    "MANIFEST_FORMAT",
+    "content_digest",
+    "make_manifest",
+    "build_manifest",
+    "dump_manifest",
+    "read_manifest",
+    "diff_manifests",
+]
+
+#: Name of the manifest member at the bundle root.
+MANIFEST_NAME = ".spirodeploy.json"
+#: Version of the manifest layout described above.
+MANIFEST_FORMAT = 1
+
+#: A manifest larger than this is not a manifest we wrote (refuse to load it).
+_MAX_MANIFEST_BYTES = 512 * 1024 * 1024
+
+
+def content_digest(files: Iterable[Mapping[str, Any]]) -> str:
+    """Return the content digest over ``files`` (already sorted by path)."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(("%s\0%s\0%o\n" % (f["path"], f["sha256"], f["mode"])).encode("utf-8"))
+    return h.hexdigest()
+
+
+def make_manifest(files: Sequence[Mapping[str, Any]], *, gitcommit: str | None = None,
+                  tool: str | None = None) -> dict:
+    """Build the manifest dict for ``files`` (dicts with path, size, sha256, mode)."""
+    if tool is None:
+        from . import __version__
+        tool = "spiro-deploy %s" % __version__
+    files = sorted(files, key=lambda f: f["path"])
+    return {
+        "format": MANIFEST_FORMAT,
+        "tool": tool,
+        "gitcommit": gitcommit,
+        "digest": content_digest(files),
+        "files": [dict(path=f["path"], size=f["size"], sha256=f["sha256"], mode=f["mode"])
+                  for f in files],
+    }
+
+
+def build_manifest(records: Sequence[Tuple[str, int, str, int]], *,
+                   gitcommit: str | None = None, tool: str | None = None) -> Tuple[dict, bytes]:
+    """Build a manifest from ``(path, size, sha256, mode)`` records sorted by path.
+
+    Returns ``(manifest dict, its serialised bytes)``; the bytes are exactly
+    :func:`dump_manifest` of the dict, produced faster for large trees.
+    """
+    if tool is None:
+        from . import __version__
+        tool = "spiro-deploy %s" % __version__
+    from json.encoder import encode_basestring_ascii as enc
+
+    h = hashlib.sha256()
+    body = []
+    step = 4096  # in slices, so no whole-manifest temporary string is needed twice
+    for i in range(0, len(records), step):
+        part = records[i:i + step]
+        h.update("".join(["%s\0%s\0%o\n" % (p, d, m) for p, _s, d, m in part]).encode("utf-8"))
+        body.append(",".join(['{"mode":%d,"path":%s,"sha256":"%s","size":%d}'
+                              % (m, enc(p), d, s) for p, s, d, m in part]).encode("ascii"))
+    digest = h.hexdigest()
+    files = [{"path": p, "size": s, "sha256": d, "mode": m} for p, s, d, m in records]
+    manifest = {"format": MANIFEST_FORMAT, "tool": tool, "gitcommit": gitcommit,
+                "digest": digest, "files": files}
+    head = ('{"digest":"%s","files":[' % digest).encode("ascii")
+    tail = '],"format":%d,"gitcommit":%s,"tool":%s}\n' % (
+        MANIFEST_FORMAT, "null" if gitcommit is None else enc(gitcommit), enc(tool))
+    return manifest, b"".join([head, b",".join(body), tail.encode("ascii")])
+
+
+def dump_manifest(manifest: Mapping[str, Any]) -> bytes:
+    """Serialise a manifest the one stable way (what goes into the bundle)."""
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+def read_manifest(bundle: Union[str, "os.PathLike[str]", BinaryIO]) -> dict | None:
+    """Return the manifest dict stored in a bundle, or ``None`` if it has none.
+
+    ``bundle`` is a path or a binary file object (plain or compressed tar).  A
+    file object is read from its current position and, when seekable, put
+    back there afterwards.  The tar is read as a stream, so memory stays
+    bounded whatever its size.  Raises :class:`BundleError` if the file is not
+    a tar or the manifest is not valid JSON.
+    """
+    import tarfile
+
+    if isinstance(bundle, (str, bytes, os.PathLike)):
+        with open(bundle, "rb") as fh:
+            return read_manifest(fh)
+    start = None
+    try:
+        if bundle.seekable():
+            start = bundle.tell()
+    except (AttributeError, OSError):
+        start = None
+    found = None
+    try:
+        try:
+            with tarfile.open(fileobj=bundle, mode="r|*", bufsize=1 << 20) as tf:
+                while True:
+                    member = tf.next()
+                    if member is None:
+                        break
+                    if isinstance(getattr(tf, "members", None), list):
+                        tf.members.clear()  # streaming: keep memory flat
+                    name = member.name
+                    while name.startswith("./"):
+                        name = name[2:]
+                    if name != MANIFEST_NAME or not member.isfile():
+                        continue
+                    if member.size > _MAX_MANIFEST_BYTES:
+                        raise BundleError("%s in the bundle is too large to be a manifest"
+                                          % MANIFEST_NAME)
+                    data = tf.extractfile(member).read()
+                    try:
+                        found = json.loads(data.decode("utf-8"))
+                    except ValueError as e:
+                        raise BundleError("%s in the bundle is not valid JSON: %s"
+                                          % (MANIFEST_NAME, e)) from None
+                    if not isinstance(found, dict):
+                        raise BundleError("%s in the bundle is not a JSON object" % MANIFEST_NAME)
+        except BundleError:
+            raise
+        except Exception as e:  # TarError and the decompressors' errors
+            raise BundleError("bundle is not a tar archive (%s)" % (e or type(e).__name__)) \
+                from None
+    finally:
+        if start is not None:
+            bundle.seek(start)
+    return found
+
+
+def diff_manifests(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> dict:
+    """Compare two manifests by path.
+
+    Returns ``{"added": [...], "removed": [...], "modified": [...]}``, each a
+    sorted list of paths.  A file is modified when its sha256 or its mode
+    differs.  ``None`` stands for an empty manifest (nothing deployed yet).
+    """
+    def index(m):
+        if not m:
+            return {}
+        return {f["path"]: (f.get("sha256"), f.get("mode")) for f in m.get("files", ())}
+
+    a, b = index(old), index(new)
+    return {
+        "added": sorted(set(b) - set(a)),
+        "removed": sorted(set(a) - set(b)),
+        "modified": sorted(p for p in set(a) & set(b) if a[p] != b[p]),
+    }
