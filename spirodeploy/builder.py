@@ -1661,6 +1661,4 @@ def build_bundle(root=".", *, artifacts: Iterable = (), include_source=None,
     bundle = Bundle(builder.buffer, sha256=builder.sha256, size=builder.size,
                     manifest=builder.manifest, warnings=warnings,
                     path=output if output is not None else None)
-    if not bundle.has_top:
-        bundle.warnings.append("no top.sls or spirotop.sls in _salt")
     return bundle

@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, printer) -> int:
     from .builder import build_bundle
     from .checks import check_name
-    from .deploy import bundle_info, deploy_bundle, deploy_file
+    from .deploy import bundle_info, bundle_warnings, deploy_bundle, deploy_file
     from .settings import Settings
 
     check_name("project", args.project)
@@ -160,9 +160,8 @@ def _run(args: argparse.Namespace, printer) -> int:
     with build_bundle(args.directory, artifacts=args.artifact,
                       include_source=args.include_source, output=args.output,
                       allow_empty=args.allow_empty, exclude=exclude) as bundle:
-        for warning in bundle.warnings:
-            if args.highstate or "top" not in warning:
-                printer.warn(warning)
+        for warning in bundle_warnings(bundle, args.highstate and not args.dry_run):
+            printer.warn(warning)
         if args.dry_run:
             printer.bundle(bundle, verbose=args.manifest)
             return ExitCode.OK

@@ -91,7 +91,7 @@ def deploy(
     check_name("deployment", deployment)
     with build_bundle(root, artifacts=list(artifacts), include_source=include_source,
                       allow_empty=allow_empty, exclude=list(exclude)) as bundle:
-        for warning in bundle.warnings:
+        for warning in bundle_warnings(bundle, highstate):
             if on_warning is not None:
                 on_warning(warning)
         return deploy_bundle(bundle.file, project, deployment, settings, highstate=highstate,
@@ -122,6 +122,15 @@ def deploy_file(
         info = {"sha256": summary.sha256, "size": summary.size, "file_count": summary.file_count}
         return deploy_bundle(handle, project, deployment, settings, highstate=highstate,
                              bundle_info=info, on_event=on_event, on_progress=on_progress)
+
+
+def bundle_warnings(bundle: Any, highstate: bool) -> list[str]:
+    """What the user should hear about a bundle before it is deployed."""
+    warnings = list(bundle.warnings)
+    if highstate and not bundle.has_top:
+        warnings.append("no top.sls or spirotop.sls in _salt: the highstate will apply "
+                        "nothing from this deployment")
+    return warnings
 
 
 def bundle_info(bundle: Any) -> dict[str, Any]:

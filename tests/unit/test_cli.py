@@ -274,3 +274,11 @@ def test_python_m_and_version():
     out = subprocess.run([sys.executable, "-m", "spirodeploy", "--version"], env=_env(),
                          capture_output=True, text=True, check=True).stdout
     assert out.startswith("spiro-deploy ")
+
+
+def test_missing_top_file_warns_when_highstating(cli, project):
+    (project / "_salt" / "top.sls").unlink()
+    code, _, err = cli("proj", "prod", "--insecure")
+    assert code == 0 and "no top.sls or spirotop.sls" in err
+    code, _, err = cli("proj", "prod", "--insecure", "--no-highstate")
+    assert "no top.sls" not in err
