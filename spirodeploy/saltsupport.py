@@ -1,0 +1,418 @@
+"""Plain-Python helpers behind the Salt modules (``_modules``, ``_runners``, ``_states``).
+
+The Salt files stay thin: they read Salt's dunders and hand plain values
+and callables to these helpers, which need no Salt at all (so they are unit
+tested without a loader):
+
+* :func:`resolve_settings` - connection settings from explicit arguments,
+  then Salt configuration (``spirodeploy:server`` ...), then the environment;
+* :func:`bus_event` - the tag and the trimmed, token-free data of one
+  deploy event for Salt's event bus;
+* :func:`scrub` - remove a secret from anything about to be returned;
+* :func:`error_report` - a failed deploy's return when it stopped before the
+  upload, in the same shape as :meth:`DeployReport.to_dict`;
+* :class:`LineSink` - collect the CLI's human-readable lines one by one (the
+  runner turns each into a progress event);
+* :class:`StopWaiting` / :func:`watch_own_highstate` - stop waiting for a
+  highstate that is queued behind the state run waiting for it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterable, Mapping
+
+from .errors import ConfigError, SpiroDeployError
+from .report import DeployReport, MinionResult
+from .settings import Settings
+
+#: The Salt configuration keys, all under ``spirodeploy:`` (minion config,
+#: grains or pillar for the execution module and the state; master config
+#: for the runner).
+CONFIG_KEYS = ("server", "token", "token_file", "ssl_cert", "insecure", "timeout",
+               "connect_timeout")
+
+#: Event tags are ``spirodeploy/<project>/<deployment>/<event>``.
+TAG_PREFIX = "spirodeploy"
+
+#: Bus events stay small: strings, lists and the per-minion summary are cut.
+MAX_TEXT = 4000
+MAX_ITEMS = 20
+MAX_EVENT_BYTES = 64 * 1024
+
+ConfigGetter = Callable[[str], Any]
+
+
+# --- settings ------------------------------------------------------------------
+
+def config_getter(mapping: Mapping[str, Any] | None) -> ConfigGetter:
+    """A ``config.get``-like getter over a nested mapping (the master's opts).
+
+    ``getter("spirodeploy:server")`` walks the ``:``-separated keys; a
+    missing key gives ``None``.
+    """
+    def get(key: str) -> Any:
+        value: Any = mapping or {}
+        for part in key.split(":"):
+            if not isinstance(value, Mapping) or part not in value:
+                return None
+            value = value[part]
+        return value
+    return get
+
+
+def to_bool(value: Any, what: str = "insecure") -> bool:
+    """Read a boolean setting given as a bool, a number or YAML-ish text."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, (int, float)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on", "y"):
+        return True
+    if text in ("", "0", "false", "no", "off", "n", "none"):
+        return False
+    raise ConfigError(f"{what} must be true or false, not {value!r}")
+
+
+def to_list(value: Any, what: str = "artifacts") -> list[str]:
+    """A list of strings from a list, a comma-separated string or None."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, (list, tuple)):
+        return [str(item) for item in value]
+    raise ConfigError(f"{what} must be a list of paths, not {value!r}")
+
+
+def resolve_settings(
+    config_get: ConfigGetter | None = None,
+    *,
+    server: str | None = None,
+    token: str | None = None,
+    token_file: str | None = None,
+    ssl_cert: str | None = None,
+    insecure: Any = None,
+    timeout: Any = None,
+    connect_timeout: Any = None,
+    environ: Mapping[str, str] | None = None,
+    need_token: bool = True,
+) -> Settings:
+    """Connection settings: explicit values, then Salt config, then the environment.
+
+    ``config_get`` is ``__salt__["config.get"]`` (minion: options, grains,
+    pillar) or :func:`config_getter` over the master's options; it is asked
+    for ``spirodeploy:<key>`` for each key in :data:`CONFIG_KEYS`.  The
+    environment (``SPIRO_URL``, ``SPIRO_TOKEN_FILE``, ``SPIRO_TOKEN``) is
+    read by :meth:`Settings.resolve` last.
+
+    The token and the token file are one choice: an explicit ``token`` or
+    ``token_file`` hides both configured ones; likewise ``ssl_cert`` and
+    ``insecure`` for how the server is verified.
+    """
+    def conf(key: str) -> Any:
+        if config_get is None:
+            return None
+        value = config_get(f"{TAG_PREFIX}:{key}")
+        return None if value is None or value == "" or value == {} else value
+
+    if token is None and token_file is None:
+        token, token_file = conf("token"), conf("token_file")
+        if token is not None and token_file is not None:
+            raise ConfigError("both spirodeploy:token and spirodeploy:token_file are "
+                              "configured; keep one")
+    if ssl_cert is None and insecure is None:
+        ssl_cert, insecure = conf("ssl_cert"), conf("insecure")
+    timeout = conf("timeout") if timeout is None else timeout
+    connect_timeout = conf("connect_timeout") if connect_timeout is None else connect_timeout
+    return Settings.resolve(
+        server=_text_or_none(server if server else conf("server")),
+        token=_text_or_none(token),
+        token_file=_text_or_none(token_file),
+        ssl_cert=_text_or_none(ssl_cert),
+        insecure=to_bool(insecure),
+        read_timeout=None if timeout is None else _number("timeout", timeout),
+        connect_timeout=None if connect_timeout is None else _number("connect_timeout",
+                                                                     connect_timeout),
+        environ=environ,
+        need_token=need_token,
+    )
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _number(what: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number of seconds, not {value!r}") from None
+
+
+# --- returns -------------------------------------------------------------------
+
+def scrub(value: Any, secrets: Iterable[str | None]) -> Any:
+    """``value`` with every occurrence of each secret replaced by ``***``.
+
+    Walks dicts (keys too), lists and tuples; other values are returned as
+    they are.  The deploy never puts the token in its data, but the server's
+    messages and errors are not ours to trust.
+    """
+    secrets = [s for s in secrets if s and len(s) >= 8]
+    if not secrets:
+        return value
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, str):
+            for secret in secrets:
+                if secret in item:
+                    item = item.replace(secret, "***")
+            return item
+        if isinstance(item, dict):
+            return {walk(key): walk(val) for key, val in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [walk(val) for val in item]
+        return item
+
+    return walk(value)
+
+
+def error_report(project: str, deployment: str, error: SpiroDeployError, *,
+                 highstate: bool = True, bundle: dict[str, Any] | None = None) -> DeployReport:
+    """The report of a deploy that raised before the server sent any event."""
+    report = DeployReport(project=project, deployment=deployment, highstate=highstate,
+                          bundle=bundle)
+    report.fail(error, error.exit_code, error.server_has_bundle)
+    return report
+
+
+def check_token(settings: Settings, project: str | None = None) -> dict[str, Any]:
+    """Ask the server whether it accepts the token; say what the token allows.
+
+    Raises the library's errors (token rejected, cannot connect, token not
+    allowed for ``project`` or expired).
+    """
+    import time
+
+    from .checks import check_name, check_token_scope, token_caveats
+    from .client import check_token as ask_server
+    from .client import safe_url
+
+    if project is not None:
+        check_name("project", project)
+    ask_server(settings.server, settings.token, settings.sslverify, settings.connect_timeout)
+    if project is not None:
+        check_token_scope(settings.token, project)
+    caveats = token_caveats(settings.token) or {}
+    not_after = caveats.get("not_after")
+    allowed = caveats.get("project_allow")
+    ret: dict[str, Any] = {
+        "result": True,
+        "server": safe_url(settings.server),
+        "message": "the server accepted the token",
+        "projects": [str(p) for p in allowed] if isinstance(allowed, list) else None,
+        "expires": (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(not_after))
+                    if isinstance(not_after, (int, float)) else None),
+    }
+    if project is not None:
+        ret["project"] = project
+        ret["message"] += f" and it may deploy project {project}"
+    return ret
+
+
+def shown_server(settings: Settings | None, server: str | None) -> str | None:
+    """The server URL to name in a return (never with credentials in it)."""
+    from .client import safe_url
+
+    url = settings.server if settings is not None else server
+    return safe_url(url) if url else None
+
+
+def bundle_summary(bundle: Any) -> dict[str, Any]:
+    """What a return says about a built bundle (``bundle`` is a builder ``Bundle``)."""
+    manifest = bundle.manifest or {}
+    return {
+        "sha256": bundle.sha256,
+        "size": bundle.size,
+        "file_count": bundle.file_count,
+        "digest": manifest.get("digest"),
+        "gitcommit": manifest.get("gitcommit"),
+    }
+
+
+# --- the event bus -------------------------------------------------------------
+
+def event_tag(project: str, deployment: str, event: str) -> str:
+    """``spirodeploy/<project>/<deployment>/<event>``."""
+    return f"{TAG_PREFIX}/{project}/{deployment}/{event}"
+
+
+def bus_event(project: str, deployment: str, event: str, data: Any,
+              secrets: Iterable[str | None] = ()) -> tuple[str, dict[str, Any]]:
+    """The tag and data to fire on Salt's event bus for one deploy event.
+
+    The data is flat: ``project``, ``deployment``, ``event``, ``msg`` and
+    the event's other fields.  A ``highstate-update``'s ``result`` (the
+    minion's whole highstate return) is replaced by a summary: success,
+    retcode, state counts and the first failed and changed states.  Long
+    strings and lists are cut, and the token is scrubbed.
+    """
+    data = data if isinstance(data, dict) else {"msg": _cut(_repr(data))}
+    payload: dict[str, Any] = {"project": project, "deployment": deployment, "event": event}
+    for key, value in data.items():
+        key = str(key)
+        if key in payload:
+            key = f"data_{key}"
+        if key == "result" and event == "highstate-update":
+            value = minion_summary(str(data.get("minion")), value)
+        payload[key] = _trim(value)
+    payload.setdefault("msg", "")
+    payload = scrub(payload, secrets)
+    if len(json.dumps(payload, default=str)) > MAX_EVENT_BYTES:
+        payload = {key: payload[key] for key in ("project", "deployment", "event", "msg",
+                                                 "minion", "minions") if key in payload}
+        payload["msg"] = _cut(str(payload.get("msg", "")), 1000)
+        payload["truncated"] = True
+    return event_tag(project, deployment, event), payload
+
+
+def fire_event(opts: Mapping[str, Any], send: Callable[[str, dict], Any] | None,
+               tag: str, data: dict[str, Any]) -> bool:
+    """Fire one event where Salt's tools see it; never raise.
+
+    On the master (runners, orchestration) the event goes straight onto the
+    master's bus.  On a minion it goes through ``send`` (``event.send``) to
+    its master's bus.  A masterless minion (``--local``) has no bus to reach,
+    so nothing is sent.  Returns whether the event was sent.
+    """
+    import logging
+
+    log = logging.getLogger(__name__)
+    try:
+        if opts.get("__role") == "master":
+            import salt.utils.event  # only ever called inside a Salt process
+
+            with salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=False) as bus:
+                return bool(bus.fire_event(data, tag))
+        if (opts.get("local") or opts.get("file_client") == "local") \
+                and not opts.get("use_master_when_local"):
+            log.debug("masterless: event %s not sent", tag)
+            return False
+        if send is None:
+            return False
+        return bool(send(tag, data))
+    except Exception as exc:  # pylint: disable=broad-except
+        # The bus is a courtesy: it must never break or fail a deploy.
+        log.warning("could not fire event %s: %s", tag, exc)
+        return False
+
+
+def minion_summary(minion: str, result: Any) -> dict[str, Any]:
+    """A ``highstate-update`` result reduced to what a reactor needs."""
+    parsed = MinionResult.from_event(minion, result)
+    failed = parsed.failed_states
+    changed = parsed.changed_states
+    return {
+        "succeeded": parsed.succeeded,
+        "no_response": parsed.no_response,
+        "retcode": parsed.retcode,
+        "counts": parsed.counts,
+        "errors": [_cut(text, 1000) for text in parsed.errors[:MAX_ITEMS]],
+        "failed": [{"id": s.id, "function": s.function, "name": s.name,
+                    "comment": _cut(s.comment, 1000)} for s in failed[:MAX_ITEMS]],
+        "changed": [{"id": s.id, "function": s.function, "name": s.name}
+                    for s in changed[:MAX_ITEMS]],
+        "truncated": len(failed) > MAX_ITEMS or len(changed) > MAX_ITEMS
+                     or len(parsed.errors) > MAX_ITEMS,
+    }
+
+
+def _trim(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return _cut(value)
+    if depth > 6:
+        return _cut(_repr(value), 200)
+    if isinstance(value, dict):
+        return {str(k): _trim(v, depth + 1) for k, v in list(value.items())[:200]}
+    if isinstance(value, (list, tuple)):
+        return [_trim(v, depth + 1) for v in list(value)[:1000]]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return _cut(_repr(value), 200)
+
+
+def _cut(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more]"
+
+
+def _repr(value: Any) -> str:
+    try:
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+# --- progress lines ------------------------------------------------------------
+
+class LineSink:
+    """A text stream that calls ``emit(line)`` for each complete line written.
+
+    Give it to :class:`spirodeploy.output.HumanPrinter` as ``out`` to get the
+    CLI's lines one at a time (the runner fires each as a progress event).
+    """
+
+    def __init__(self, emit: Callable[[str], None]):
+        self.emit = emit
+        self._buffer = ""
+
+    def write(self, text: str) -> int:
+        self._buffer += text
+        while "\n" in self._buffer:
+            line, self._buffer = self._buffer.split("\n", 1)
+            self.emit(line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+# --- a highstate queued behind us ---------------------------------------------
+
+class StopWaiting(Exception):
+    """Raised from an event callback to stop reading the event stream.
+
+    Used when the only minion still to report is the one running the deploy
+    inside a state run: the server asks it to highstate with ``queue=True``,
+    so that highstate waits for the running state run, which waits for the
+    highstate.  The deploy itself is done; the highstate runs afterwards.
+    """
+
+    def __init__(self, report: DeployReport, minion: str):
+        super().__init__(f"{minion} is highstated by this deploy; its highstate is queued "
+                         "behind this state run")
+        self.report = report
+        self.minion = minion
+
+
+def watch_own_highstate(minion_id: str | None,
+                        on_event: Callable[[str, dict, DeployReport], None] | None = None):
+    """Wrap ``on_event`` to raise :class:`StopWaiting` once only ``minion_id`` is left.
+
+    With ``minion_id`` None this is ``on_event`` itself.
+    """
+    def callback(event: str, data: dict, report: DeployReport) -> None:
+        if on_event is not None:
+            on_event(event, data, report)
+        if minion_id is None or report.finished or report.exception is not None:
+            return
+        if event in ("highstate-start", "highstate-update"):
+            pending = set(report.minions_expected) - set(report.minions)
+            if pending == {minion_id}:
+                raise StopWaiting(report, minion_id)
+
+    return callback
