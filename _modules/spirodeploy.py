@@ -189,29 +189,18 @@ def deploy(
     warnings = []
     settings = None
     try:
-        from spirodeploy.builder import build_bundle
-        from spirodeploy.checks import check_name
-        from spirodeploy.deploy import deploy_bundle
+        from spirodeploy.deploy import deploy as deploy_project
 
-        # Names first: no point bundling a gigabyte for a name the upload refuses.
-        check_name("project", project)
-        check_name("deployment", deployment)
         settings = _settings(server, token, token_file, ssl_cert, insecure, timeout,
                              connect_timeout)
-        with build_bundle(
-            root or os.getcwd(),
-            artifacts=saltsupport.to_list(artifacts),
-            include_source=include_source or None,
-            output=output,
-            allow_empty=bool(allow_empty),
-            exclude=saltsupport.to_list(exclude, "exclude") + _token_files(token_file),
-        ) as built:
-            warnings.extend(built.warnings)
-            report = deploy_bundle(
-                built.file, project, deployment, settings, highstate=bool(highstate),
-                bundle_info=saltsupport.bundle_summary(built),
-                on_event=_event_callback(project, deployment, settings, fire_events),
-            )
+        report = deploy_project(
+            project, deployment, settings, root=root or os.getcwd(),
+            artifacts=saltsupport.to_list(artifacts), include_source=include_source or None,
+            highstate=bool(highstate), allow_empty=bool(allow_empty),
+            exclude=saltsupport.to_list(exclude, "exclude"), output=output,
+            on_warning=warnings.append,
+            on_event=_event_callback(project, deployment, settings, fire_events),
+        )
     except errors.SpiroDeployError as exc:
         report = saltsupport.error_report(project, deployment, exc, highstate=bool(highstate))
     return _finish(report, token, settings, warnings)
@@ -307,6 +296,7 @@ def bundle(root, output, artifacts=None, include_source=None, allow_empty=False,
         salt-call spirodeploy.bundle /srv/checkouts/myproject /tmp/myproject.tar files=True
     """
     from spirodeploy.builder import build_bundle
+    from spirodeploy.deploy import bundle_info
 
     try:
         with build_bundle(root, artifacts=saltsupport.to_list(artifacts),
@@ -314,7 +304,7 @@ def bundle(root, output, artifacts=None, include_source=None, allow_empty=False,
                           allow_empty=bool(allow_empty), gitcommit=bool(gitcommit),
                           exclude=saltsupport.to_list(exclude, "exclude")) as built:
             ret = {"result": True, "output": os.path.abspath(output)}
-            ret.update(saltsupport.bundle_summary(built))
+            ret.update(bundle_info(built))
             ret["warnings"] = list(built.warnings)
             if files:
                 ret["files"] = list(built.manifest.get("files", []))
@@ -459,12 +449,6 @@ def _settings(server, token, token_file, ssl_cert, insecure, timeout, connect_ti
         connect_timeout=connect_timeout, need_token=need_token,
     )
 
-
-def _token_files(token_file):
-    """Token files never to bundle (explicit, configured, environment)."""
-    paths = [token_file, __salt__["config.get"]("spirodeploy:token_file"),
-             os.environ.get("SPIRO_TOKEN_FILE")]
-    return [str(path) for path in paths if path]
 
 
 def _event_callback(project, deployment, settings, fire_events):

@@ -127,32 +127,27 @@ def deploy(
     printer = HumanPrinter(out=sink, err=sink, colour=False, progress=False)
     settings = None
     warnings = []
-    try:
-        from spirodeploy.builder import build_bundle
-        from spirodeploy.checks import check_name
-        from spirodeploy.deploy import deploy_bundle
+    def warn(text):
+        warnings.append(text)
+        printer.warn(text)
 
-        check_name("project", project)
-        check_name("deployment", deployment)
+    try:
+        from spirodeploy.deploy import deploy as deploy_project
+
         settings = _settings(server, token, token_file, ssl_cert, insecure, timeout,
                              connect_timeout)
         if settings.insecure:
             printer.warn("insecure: the server is not authenticated; do not use this in "
                          "production")
-        on_event = _event_callback(project, deployment, settings, printer, fire_events)
-        exclude = saltsupport.to_list(exclude, "exclude") + _token_files(token_file)
-        with build_bundle(root or os.getcwd(), artifacts=saltsupport.to_list(artifacts),
-                          include_source=include_source or None, output=output,
-                          allow_empty=bool(allow_empty), exclude=exclude) as bundle:
-            for warning in bundle.warnings:
-                warnings.append(warning)
-                printer.warn(warning)
-            printer.line(f"Deploying {bundle.file_count} files ({bundle.size} bytes) to "
-                         f"{project}/{deployment}")
-            report = deploy_bundle(bundle.file, project, deployment, settings,
-                                   highstate=bool(highstate),
-                                   bundle_info=saltsupport.bundle_summary(bundle),
-                                   on_event=on_event)
+        report = deploy_project(
+            project, deployment, settings, root=root or os.getcwd(),
+            artifacts=saltsupport.to_list(artifacts), include_source=include_source or None,
+            highstate=bool(highstate), allow_empty=bool(allow_empty),
+            exclude=saltsupport.to_list(exclude, "exclude"), output=output,
+            on_warning=warn,
+            on_bundle=lambda bundle: printer.deploying(bundle, project, deployment),
+            on_event=_event_callback(project, deployment, settings, printer, fire_events),
+        )
     except errors.SpiroDeployError as exc:
         report = saltsupport.error_report(project, deployment, exc, highstate=bool(highstate))
     printer.finish(report)
@@ -212,10 +207,6 @@ def _settings(server, token, token_file, ssl_cert, insecure, timeout, connect_ti
         insecure=insecure, timeout=timeout, connect_timeout=connect_timeout,
     )
 
-
-def _token_files(token_file):
-    paths = [token_file, _config_get("spirodeploy:token_file"), os.environ.get("SPIRO_TOKEN_FILE")]
-    return [str(path) for path in paths if path]
 
 
 def _progress(line):

@@ -166,7 +166,7 @@ def deployed(
         ret = _deployed(ret, project, deployment, settings, root=root, artifacts=artifacts,
                         include_source=include_source, highstate=bool(highstate),
                         allow_empty=bool(allow_empty),
-                        exclude=saltsupport.to_list(exclude, "exclude") + _token_files(token_file))
+                        exclude=saltsupport.to_list(exclude, "exclude"))
     except errors.SpiroDeployError as exc:
         ret.update(result=False, comment=exc.message, changes={})
     return saltsupport.scrub(ret, secrets)
@@ -175,13 +175,13 @@ def deployed(
 def _deployed(ret, project, deployment, settings, *, root, artifacts, include_source, highstate,
               allow_empty, exclude):
     from spirodeploy.builder import build_bundle
-    from spirodeploy.deploy import deploy_bundle
+    from spirodeploy.deploy import bundle_info, deploy_bundle
 
     saltenv = f"{project}/{deployment}"
     record_file = spirostate.record_path(__opts__["cachedir"], project, deployment)
     with build_bundle(root or os.getcwd(), artifacts=saltsupport.to_list(artifacts),
                       include_source=include_source or None, allow_empty=allow_empty,
-                      exclude=exclude) as bundle:
+                      exclude=[*exclude, *filter(None, [settings.token_file])]) as bundle:
         new = bundle.manifest
         served = __salt__["spirodeploy.status"](project, deployment, manifest=True)
         known = spirostate.what_is_deployed(
@@ -210,7 +210,7 @@ def _deployed(ret, project, deployment, settings, *, root, artifacts, include_so
         try:
             report = deploy_bundle(bundle.file, project, deployment, settings,
                                    highstate=highstate,
-                                   bundle_info=saltsupport.bundle_summary(bundle),
+                                   bundle_info=bundle_info(bundle),
                                    on_event=on_event)
         except saltsupport.StopWaiting as stop:
             report, queued = stop.report, stop.minion
@@ -263,11 +263,6 @@ def _describe(files, total):
     parts = [f"{len(files[key])} {key}" for key in ("added", "removed", "modified") if key in files]
     return f"{total} files in the bundle, " + ", ".join(parts)
 
-
-def _token_files(token_file):
-    paths = [token_file, __salt__["config.get"]("spirodeploy:token_file"),
-             os.environ.get("SPIRO_TOKEN_FILE")]
-    return [str(path) for path in paths if path]
 
 
 def _fire_callback(project, deployment, settings):

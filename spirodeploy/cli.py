@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, printer) -> int:
     from .builder import build_bundle
     from .checks import check_name
-    from .deploy import bundle_info, bundle_warnings, deploy_bundle, deploy_file
+    from .deploy import deploy, deploy_file
     from .settings import Settings
 
     check_name("project", args.project)
@@ -155,22 +155,25 @@ def _run(args: argparse.Namespace, printer) -> int:
         printer.finish(report)
         return int(report.exit_code)
 
-    exclude = [path for path in (args.output, args.token_file,
-                                 os.environ.get("SPIRO_TOKEN_FILE")) if path]
-    with build_bundle(args.directory, artifacts=args.artifact,
-                      include_source=args.include_source, output=args.output,
-                      allow_empty=args.allow_empty, exclude=exclude) as bundle:
-        for warning in bundle_warnings(bundle, args.highstate and not args.dry_run):
-            printer.warn(warning)
-        if args.dry_run:
+    if args.dry_run:
+        # The same files as a real deploy would send: the token file stays out.
+        token_files = [path for path in (args.token_file, os.environ.get("SPIRO_TOKEN_FILE"))
+                       if path]
+        with build_bundle(args.directory, artifacts=args.artifact,
+                          include_source=args.include_source, output=args.output,
+                          allow_empty=args.allow_empty, exclude=token_files) as bundle:
+            for warning in bundle.warnings:
+                printer.warn(warning)
             printer.bundle(bundle, verbose=args.manifest)
-            return ExitCode.OK
-        if not args.json:
-            printer.line(f"Deploying {bundle.file_count} files ({bundle.size} bytes) to "
-                         f"{args.project}/{args.deployment}")
-        report = deploy_bundle(bundle.file, args.project, args.deployment, settings,
-                               highstate=args.highstate, bundle_info=bundle_info(bundle),
-                               **callbacks)
+        return ExitCode.OK
+
+    report = deploy(
+        args.project, args.deployment, settings, root=args.directory, artifacts=args.artifact,
+        include_source=args.include_source, highstate=args.highstate,
+        allow_empty=args.allow_empty, output=args.output,
+        on_bundle=lambda bundle: printer.deploying(bundle, args.project, args.deployment),
+        on_warning=printer.warn, **callbacks,
+    )
     printer.finish(report)
     if report.error and not args.json:
         print(f"spiro-deploy: error: {report.error}", file=sys.stderr, flush=True)

@@ -327,7 +327,7 @@ def _check_response(response, url: str, total: int) -> None:
                             "nothing was deployed", server_has_bundle=False)
     if status == 403:
         raise TokenNotAllowed(
-            f"the token may not deploy this project (HTTP 403). Caution: SpiroFS 0.3 "
+            "the token may not deploy this project (HTTP 403). Caution: SpiroFS 0.3 "
             "deploys the bundle even after refusing it; check the deployment",
             server_has_bundle=True)
     raise _status_error(response, url, total)

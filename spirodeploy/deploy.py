@@ -78,22 +78,32 @@ def deploy(
     highstate: bool = True,
     allow_empty: bool = False,
     exclude: Iterable[str] = (),
+    output: str | None = None,
+    on_bundle: Callable[[Any], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
     on_event: EventCallback | None = None,
     on_progress: ProgressCallback | None = None,
-    on_warning: Callable[[str], None] | None = None,
 ) -> DeployReport:
-    """Bundle the project at ``root`` and deploy it; return the report."""
+    """Bundle the project at ``root`` and deploy it; return the report.
+
+    ``on_warning(text)`` hears about the bundle (no top file, ...) and
+    ``on_bundle(bundle)`` sees it once built, before the upload.  The token
+    file and ``output`` are never bundled.
+    """
     from .builder import build_bundle
     from .checks import check_name
 
     # Names first: no point bundling a gigabyte for a name the upload refuses.
     check_name("project", project)
     check_name("deployment", deployment)
+    exclude = [*exclude, *([settings.token_file] if settings.token_file else [])]
     with build_bundle(root, artifacts=list(artifacts), include_source=include_source,
-                      allow_empty=allow_empty, exclude=list(exclude)) as bundle:
+                      allow_empty=allow_empty, exclude=exclude, output=output) as bundle:
         for warning in bundle_warnings(bundle, highstate):
             if on_warning is not None:
                 on_warning(warning)
+        if on_bundle is not None:
+            on_bundle(bundle)
         return deploy_bundle(bundle.file, project, deployment, settings, highstate=highstate,
                              bundle_info=bundle_info(bundle), on_event=on_event,
                              on_progress=on_progress)
@@ -134,8 +144,10 @@ def bundle_warnings(bundle: Any, highstate: bool) -> list[str]:
 
 
 def bundle_info(bundle: Any) -> dict[str, Any]:
-    """The bundle facts a report carries."""
-    return {"sha256": bundle.sha256, "size": bundle.size, "file_count": bundle.file_count}
+    """The bundle facts a report carries (``bundle`` is a builder ``Bundle``)."""
+    manifest = bundle.manifest or {}
+    return {"sha256": bundle.sha256, "size": bundle.size, "file_count": bundle.file_count,
+            "digest": manifest.get("digest"), "gitcommit": manifest.get("gitcommit")}
 
 
 def _interrupted(report: DeployReport, sent: int, total: int | None) -> Interrupted:

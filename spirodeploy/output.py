@@ -64,6 +64,10 @@ class HumanPrinter:
             for entry in files:
                 self.line(f"  {entry['sha256'][:12]}  {entry['size']:>10}  {entry['path']}")
 
+    def deploying(self, bundle: Any, project: str, deployment: str) -> None:
+        self.line(f"Deploying {bundle.file_count} files ({_size(bundle.size)}) to "
+                  f"{project}/{deployment}")
+
     def progress(self, sent: int, total: int) -> None:
         if not self.show_progress:
             return
@@ -147,6 +151,9 @@ class JsonPrinter:
     def bundle(self, bundle: Any, verbose: bool = False) -> None:
         self._emit({"bundle": {"sha256": bundle.sha256, "size": bundle.size,
                                "file_count": bundle.file_count, "manifest": bundle.manifest}})
+
+    def deploying(self, bundle: Any, project: str, deployment: str) -> None:
+        pass  # the report carries the bundle's facts
 
     def progress(self, sent: int, total: int) -> None:
         pass

@@ -230,18 +230,6 @@ def shown_server(settings: Settings | None, server: str | None) -> str | None:
     return safe_url(url) if url else None
 
 
-def bundle_summary(bundle: Any) -> dict[str, Any]:
-    """What a return says about a built bundle (``bundle`` is a builder ``Bundle``)."""
-    manifest = bundle.manifest or {}
-    return {
-        "sha256": bundle.sha256,
-        "size": bundle.size,
-        "file_count": bundle.file_count,
-        "digest": manifest.get("digest"),
-        "gitcommit": manifest.get("gitcommit"),
-    }
-
-
 # --- the event bus -------------------------------------------------------------
 
 def event_tag(project: str, deployment: str, event: str) -> str:

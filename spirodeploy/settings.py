@@ -26,6 +26,8 @@ class Settings:
     insecure: bool = False
     connect_timeout: float = 20
     read_timeout: float | None = DEFAULT_READ_TIMEOUT
+    #: Where the token was read from; the builder never bundles this file.
+    token_file: str | None = None
 
     @property
     def sslverify(self) -> SSLVerify:
@@ -75,6 +77,7 @@ class Settings:
                 token = environ.get("SPIRO_TOKEN")
         if token_file is not None:
             token = read_token_file(token_file)
+            settings.token_file = str(token_file)
         if need_token or token:
             settings.token = clean_token(token)
         return settings

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -282,3 +281,19 @@ def test_missing_top_file_warns_when_highstating(cli, project):
     assert code == 0 and "no top.sls or spirotop.sls" in err
     code, _, err = cli("proj", "prod", "--insecure", "--no-highstate")
     assert "no top.sls" not in err
+
+
+def test_token_file_inside_the_project_is_never_bundled(cli, project, fake_server, monkeypatch):
+    import io
+    import tarfile
+
+    (project / "deploy.token").write_text(make_token() + "\n")
+    monkeypatch.delenv("SPIRO_TOKEN")
+    code, _, err = cli("proj", "prod", "--insecure", "--include-source", "fs",
+                       "--token-file", "deploy.token")
+    assert code == 0, err
+    names = tarfile.open(fileobj=io.BytesIO(fake_server.received[0].bundle)).getnames()
+    assert not any("token" in n for n in names)
+    monkeypatch.setenv("SPIRO_TOKEN_FILE", str(project / "deploy.token"))
+    code, out, _ = cli("proj", "prod", "--dry-run", "--include-source", "fs", "--manifest")
+    assert code == 0 and "deploy.token" not in out

@@ -63,7 +63,7 @@ def test_deploy_prints_progress_and_returns_retcode(project, fake_server, jid_ev
     assert "retcode" not in spirorunner.__context__
     messages = jid_event.messages
     assert messages[0].startswith("Warning: insecure: the server is not authenticated")
-    assert messages[1] == "Deploying 2 files (10240 bytes) to proj/prod"
+    assert messages[1] == "Deploying 2 files (10.0 KiB) to proj/prod"
     assert "Deploying bundle" in messages
     assert "== minion-1: 0 ok, 1 changed, 0 failed ==" in messages
     assert messages[-1] == "Deployed proj/prod: 1 of 1 minions reported"
