@@ -297,3 +297,25 @@ def test_token_file_inside_the_project_is_never_bundled(cli, project, fake_serve
     monkeypatch.setenv("SPIRO_TOKEN_FILE", str(project / "deploy.token"))
     code, out, _ = cli("proj", "prod", "--dry-run", "--include-source", "fs", "--manifest")
     assert code == 0 and "deploy.token" not in out
+
+
+def test_bundle_from_elsewhere_is_checked_before_upload(cli, tmp_path, fake_server):
+    import io
+    import tarfile
+
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tar:
+        info = tarfile.TarInfo("../../etc/cron.d/x")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    code, _, err = cli("proj", "prod", "--insecure", "--bundle", str(evil))
+    assert code == ExitCode.USAGE and "../../etc/cron.d/x" in err
+    assert fake_server.received == []
+    good = tmp_path / "good.tar"
+    with tarfile.open(good, "w") as tar:
+        info = tarfile.TarInfo("top.sls")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"x: "))
+    code, _, err = cli("proj", "prod", "--insecure", "--bundle", str(good))
+    assert code == 0, err
+    assert fake_server.received[0].bundle == good.read_bytes()

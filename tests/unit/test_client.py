@@ -141,6 +141,14 @@ def test_connection_closed_during_upload(fake_server, token):
         list(upload(fake_server.url, token, io.BytesIO(b"\0" * (8 << 20)), "proj", "prod",
                     sslverify=False, connect_retries=0))
     assert info.value.server_has_bundle is not True
+    assert len(fake_server.received) == 1  # a POST that reached the server is not re-sent
+
+
+def test_failure_after_the_server_answered_is_never_retried(fake_server, token):
+    fake_server.then(chunks=highstate_events()[:2], cut=True)
+    with pytest.raises(StreamCut):
+        run(fake_server, token, connect_retries=3)
+    assert len(fake_server.received) == 1
 
 
 def test_connection_refused_is_retried_a_bounded_number_of_times(monkeypatch, token):
