@@ -26,7 +26,6 @@ setup(
     package_dir=SALT_DIRS,
     install_requires=[
         "requests>=2.28,<3",
-        "requests-toolbelt>=1.0,<2",
         "pathspec>=0.11,<2",
         "tqdm>=4.60,<5",
     ],

@@ -8,8 +8,8 @@ includes the token.
 Choices worth knowing:
 
 * The bundle is streamed from its file with a ``Content-Length``
-  (``requests_toolbelt``'s ``MultipartEncoder``), so the body is never
-  copied into memory; a progress callback sees the bytes as they go.
+  (:mod:`spirodeploy.multipart`), so the body is never copied into
+  memory; a progress callback sees the bytes as they go.
 * Redirects are not followed: the token would go with them.
 * Only a failure to connect, before any byte went out, is retried.  A POST
   that reached the server is never sent again, as the server may already be
@@ -100,7 +100,7 @@ def _upload(url, token, tarball, project, deployment, highstate, sslverify,
             connect_timeout, read_timeout, progress, connect_retries):
     # A separate generator so that the checks above raise at the call, not at
     # the first next().
-    from requests_toolbelt.multipart.encoder import MultipartEncoder, MultipartEncoderMonitor
+    from .multipart import MultipartBody
 
     fields: dict[str, Any] = {"project": project, "deployment": deployment}
     if highstate:
@@ -111,15 +111,11 @@ def _upload(url, token, tarball, project, deployment, highstate, sslverify,
     attempt = 0
     while True:
         tarball.seek(start)
-        encoder = MultipartEncoder(
-            fields={**fields, "bundle": ("bundle.tar", _BundleReader(tarball), "application/x-tar")}
-        )
-        total = encoder.len
-        monitor = MultipartEncoderMonitor(
-            encoder, (lambda m: progress(m.bytes_read, total)) if progress else None
-        )
+        body = MultipartBody(fields, "bundle", "bundle.tar", tarball, "application/x-tar",
+                             progress=progress)
+        total = len(body)
         try:
-            response = _send(session, url, token, monitor, sslverify, connect_timeout, read_timeout)
+            response = _send(session, url, token, body, sslverify, connect_timeout, read_timeout)
             break
         except _Retryable as retry:
             attempt += 1
@@ -127,7 +123,7 @@ def _upload(url, token, tarball, project, deployment, highstate, sslverify,
                 raise retry.error from None
             time.sleep(min(2 ** attempt, 10))
         except _UploadCut as cut:
-            raise _explain_cut(url, monitor.bytes_read, total) from cut.__cause__
+            raise _explain_cut(url, body.sent, total) from cut.__cause__
     try:
         _check_response(response, url, total)
         yield from stream_events(response)
@@ -231,29 +227,6 @@ def safe_url(url: str) -> str:
 
 # --- internals ---------------------------------------------------------------
 
-class _BundleReader:
-    """The bundle as the multipart encoder sees it: ``read`` and ``len`` only.
-
-    requests_toolbelt copies anything with ``getvalue()`` (a BytesIO, the
-    builder's buffer) into memory and rolls a spooled file to disk through
-    ``fileno()``; offering neither makes it stream the file in chunks.
-    ``len`` is what is left to read, as the encoder expects.
-    """
-
-    def __init__(self, fileobj: IO[bytes]):
-        self._file = fileobj
-        position = fileobj.tell()
-        self._end = fileobj.seek(0, 2)
-        fileobj.seek(position)
-
-    @property
-    def len(self) -> int:
-        return self._end - self._file.tell()
-
-    def read(self, size: int = -1) -> bytes:
-        return self._file.read(size)
-
-
 class _Retryable(Exception):
     def __init__(self, error: SpiroDeployError):
         super().__init__(str(error))
@@ -267,12 +240,12 @@ class _UploadCut(Exception):
 def _send(session, url, token, body, sslverify, connect_timeout, read_timeout):
     import requests
 
-    sent_before = body.bytes_read
+    sent_before = body.sent
     try:
         return _request(session, "POST", url, token, sslverify, connect_timeout, read_timeout,
                         data=body, content_type=body.content_type)
     except ConnectError as exc:
-        if body.bytes_read == sent_before and not isinstance(exc, TLSError):
+        if body.sent == sent_before and not isinstance(exc, TLSError):
             raise _Retryable(exc) from None
         raise
     except requests.exceptions.Timeout as exc:
@@ -308,7 +281,7 @@ def _request(session, method, url, token, sslverify, connect_timeout, read_timeo
         raise ConnectError(f"timed out connecting to {safe_url(url)} "
                            f"after {connect_timeout:g}s") from None
     except requests.exceptions.ConnectionError as exc:
-        if data is not None and getattr(data, "bytes_read", 0):
+        if data is not None and getattr(data, "sent", 0):
             raise  # the upload had started: the caller explains the cut
         raise ConnectError(f"cannot connect to {safe_url(url)}: {_reason(exc)}") from None
 
