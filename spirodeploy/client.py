@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+import warnings
 from typing import IO, Any, Callable, Iterator, Union
 from urllib.parse import urlsplit, urlunsplit
 
@@ -270,10 +271,17 @@ def _request(session, method, url, token, sslverify, connect_timeout, read_timeo
     if content_type:
         headers["Content-Type"] = content_type
     try:
-        return session.request(
-            method, url, data=data, headers=headers, verify=sslverify, stream=True,
-            timeout=(connect_timeout, read_timeout), allow_redirects=False,
-        )
+        with warnings.catch_warnings():
+            if sslverify is False:
+                # The caller chose insecure mode and has warned in its own
+                # words; urllib3's warning would repeat it with a source line.
+                from urllib3.exceptions import InsecureRequestWarning
+
+                warnings.simplefilter("ignore", InsecureRequestWarning)
+            return session.request(
+                method, url, data=data, headers=headers, verify=sslverify, stream=True,
+                timeout=(connect_timeout, read_timeout), allow_redirects=False,
+            )
     except requests.exceptions.SSLError as exc:
         raise TLSError(f"TLS verification of {safe_url(url)} failed ({_reason(exc)}); "
                        "use --ssl-cert FILE for a private CA") from None

@@ -91,11 +91,8 @@ def deploy(
     file and ``output`` are never bundled.
     """
     from .builder import build_bundle
-    from .checks import check_name
 
-    # Names first: no point bundling a gigabyte for a name the upload refuses.
-    check_name("project", project)
-    check_name("deployment", deployment)
+    check_before_bundling(project, deployment, settings)
     exclude = [*exclude, *([settings.token_file] if settings.token_file else [])]
     with build_bundle(root, artifacts=list(artifacts), include_source=include_source,
                       allow_empty=allow_empty, exclude=exclude, output=output) as bundle:
@@ -123,6 +120,7 @@ def deploy_file(
     from .errors import BundleError
     from .tarcheck import check_tarball
 
+    check_before_bundling(project, deployment, settings)
     try:
         handle = open(path, "rb")
     except OSError as exc:
@@ -132,6 +130,16 @@ def deploy_file(
         info = {"sha256": summary.sha256, "size": summary.size, "file_count": summary.file_count}
         return deploy_bundle(handle, project, deployment, settings, highstate=highstate,
                              bundle_info=info, on_event=on_event, on_progress=on_progress)
+
+
+def check_before_bundling(project: str, deployment: str, settings: Settings) -> None:
+    """What ``upload`` would refuse, checked before spending time on a bundle."""
+    from .checks import check_name, check_token_scope
+
+    check_name("project", project)
+    check_name("deployment", deployment)
+    if settings.token:
+        check_token_scope(settings.token, project)
 
 
 def bundle_warnings(bundle: Any, highstate: bool) -> list[str]:

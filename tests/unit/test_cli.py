@@ -319,3 +319,11 @@ def test_bundle_from_elsewhere_is_checked_before_upload(cli, tmp_path, fake_serv
     code, _, err = cli("proj", "prod", "--insecure", "--bundle", str(good))
     assert code == 0, err
     assert fake_server.received[0].bundle == good.read_bytes()
+
+
+def test_token_for_another_project_is_refused_before_bundling(cli, fake_server, tmp_path):
+    other = make_token({"not_before": 1, "project_allow": ["other"]})
+    output = tmp_path / "never.tar"
+    code, out, err = cli("proj", "prod", "--insecure", "--token", other, "--output", str(output))
+    assert code == ExitCode.AUTH and "may not deploy project 'proj'" in err
+    assert "Deploying" not in out and not output.exists() and fake_server.received == []
