@@ -69,6 +69,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional, Tuple
 
 from .errors import BundleError
 from .manifest import MANIFEST_NAME, build_manifest, diff_manifests, read_manifest
+from .tarcheck import LinkLoop, PathEscapes, resolve_in_archive
 
 __all__ = [
     "TarballBuilder",
@@ -961,41 +962,6 @@ def _git_error(root, proc) -> BundleError:
     return BundleError("git archive failed in %s: %s" % (_show(root), last))
 
 
-class _Escape(Exception):
-    pass
-
-
-class _Loop(Exception):
-    pass
-
-
-def _resolve_in(links: dict, parts: list) -> str:
-    """Resolve a path inside an archive's namespace, following its symlinks."""
-    out: list = []
-    todo = list(reversed(parts))
-    hops = 0
-    while todo:
-        c = todo.pop()
-        if c in ("", "."):
-            continue
-        if c == "..":
-            if not out:
-                raise _Escape()
-            out.pop()
-            continue
-        out.append(c)
-        target = links.get("/".join(out))
-        if target is not None:
-            hops += 1
-            if hops > 40:
-                raise _Loop()
-            if target.startswith("/"):
-                raise _Escape()
-            out.pop()
-            todo.extend(reversed(target.split("/")))
-    return "/".join(out)
-
-
 def git_scanner(should_skip: Callable[[str], bool],
                 root: str = ".") -> Iterator[Tuple[str, Callable[[], BinaryIO]]]:
     """Yield the files of ``git archive HEAD`` run in ``root``.
@@ -1082,12 +1048,12 @@ def git_scanner(should_skip: Callable[[str], bool],
                 if p in links:
                     target_text = links[p]
                     try:
-                        target = _resolve_in(links, p.split("/")[:-1] + target_text.split("/"))
-                    except _Escape:
+                        target = resolve_in_archive(links, p.split("/")[:-1] + target_text.split("/"))
+                    except PathEscapes:
                         raise BundleError("symlink %s points outside %s (to %s)"
                                           % (_show(shown), _show(root_shown),
                                              _show(target_text))) from None
-                    except _Loop:
+                    except LinkLoop:
                         raise BundleError("symlink loop at %s" % _show(shown)) from None
                     if target in files:
                         off, size, mode = files[target]

@@ -24,9 +24,11 @@ import hashlib
 import io
 import json
 import os
-import tarfile
 from dataclasses import dataclass
-from typing import BinaryIO, Optional, Union
+from typing import TYPE_CHECKING, BinaryIO, Optional, Union
+
+if TYPE_CHECKING:
+    import tarfile
 
 from .errors import BundleError
 from .manifest import MANIFEST_NAME
@@ -92,11 +94,11 @@ class _HashingReader(io.RawIOBase):
         return data
 
 
-class _Escape(Exception):
+class PathEscapes(Exception):
     pass
 
 
-class _Loop(Exception):
+class LinkLoop(Exception):
     pass
 
 
@@ -106,8 +108,12 @@ def _norm(name: str) -> str:
     return name.rstrip("/")
 
 
-def _resolve(links: dict, parts: list) -> str:
-    """Resolve a path inside the archive, following its symlinks."""
+def resolve_in_archive(links: dict, parts: list) -> str:
+    """Resolve a path inside an archive, following its symlinks (``links``: name -> target).
+
+    Raises :class:`PathEscapes` for a path that leaves the archive and
+    :class:`LinkLoop` for a chain of more than 40 links.
+    """
     out: list = []
     todo = list(reversed(parts))
     hops = 0
@@ -117,7 +123,7 @@ def _resolve(links: dict, parts: list) -> str:
             continue
         if c == "..":
             if not out:
-                raise _Escape()
+                raise PathEscapes()
             out.pop()
             continue
         out.append(c)
@@ -125,15 +131,15 @@ def _resolve(links: dict, parts: list) -> str:
         if target is not None:
             hops += 1
             if hops > 40:
-                raise _Loop()
+                raise LinkLoop()
             if target.startswith("/"):
-                raise _Escape()
+                raise PathEscapes()
             out.pop()
             todo.extend(reversed(target.split("/")))
     return "/".join(out)
 
 
-def _kind(m: tarfile.TarInfo) -> str:
+def _kind(m: "tarfile.TarInfo") -> str:
     if m.ischr() or m.isblk():
         return "a device file"
     if m.isfifo():
@@ -147,6 +153,8 @@ def check_tarball(fileobj: Union[BinaryIO, str, "os.PathLike[str]"]) -> TarSumma
     ``fileobj`` is a binary file object (read from its start when seekable,
     and rewound there afterwards) or a path.
     """
+    import tarfile  # here, so that the builder can share this module's resolver cheaply
+
     if isinstance(fileobj, (str, bytes, os.PathLike)):
         try:
             fh = open(fileobj, "rb")
@@ -255,19 +263,19 @@ def check_tarball(fileobj: Union[BinaryIO, str, "os.PathLike[str]"]) -> TarSumma
     # where an earlier one leads).
     for name, target in links.items():
         try:
-            _resolve(links, name.split("/")[:-1] + target.split("/"))
-        except _Escape:
+            resolve_in_archive(links, name.split("/")[:-1] + target.split("/"))
+        except PathEscapes:
             raise BundleError("bundle member %r is a symlink that points outside the bundle "
                               "(%r)" % (name, target)) from None
-        except _Loop:
+        except LinkLoop:
             raise BundleError("bundle member %r is part of a symlink loop" % name) from None
     for name, target, shown in hardlinks:
         try:
-            _resolve(links, target.split("/"))
-        except _Escape:
+            resolve_in_archive(links, target.split("/"))
+        except PathEscapes:
             raise BundleError("bundle member %s is a hard link that points outside the bundle "
                               "(%r)" % (shown, target)) from None
-        except _Loop:
+        except LinkLoop:
             raise BundleError("bundle member %s is a hard link through a symlink loop" % shown) \
                 from None
     if links:
