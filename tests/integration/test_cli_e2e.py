@@ -173,6 +173,8 @@ def test_highstate_over_https_json(spiro_bed, project, https):
     proc = run_cli(PROJECT, deployment, *https, "--json", cwd=project)
     assert proc.returncode == 0, describe(proc)
     events, report = events_and_report(proc)
+    token = Path(https[https.index("--token-file") + 1]).read_text().strip()
+    assert token not in proc.stdout + proc.stderr  # not in events, report or messages
 
     # The documented order, one update for our one minion.
     assert names(events) == HIGHSTATE_EVENTS, events

@@ -215,3 +215,15 @@ def test_check_token(fake_server, token):
     with pytest.raises(TokenRejected):
         check_token(fake_server.url, token, sslverify=False)
     assert fake_server.received[0].method == "GET"
+
+
+def test_token_never_logged_even_at_debug(fake_server, token, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    run(fake_server, token)
+    fake_server.then(status=401, content_type="text/html", chunks=[b"no"])
+    with pytest.raises(TokenRejected) as info:
+        run(fake_server, token)
+    assert caplog.records  # urllib3 did log at debug level
+    assert token not in caplog.text and token not in repr(info.value)
