@@ -334,12 +334,18 @@ def _status_error(response, url: str, total: int = 0) -> ServerError:
 
 
 def _explain_cut(url: str, sent: int, total: int) -> SpiroDeployError:
-    message = (f"the connection closed during the upload after {sent} of {total} bytes; "
-               "the server did not get the whole bundle and deployed nothing")
+    if sent < total:
+        message = (f"the connection closed during the upload after {sent} of {total} bytes; "
+                   "the server did not get the whole bundle and deployed nothing")
+        has_bundle: bool | None = False
+    else:
+        message = ("the server closed the connection after the upload without answering; "
+                   "it may or may not deploy the bundle")
+        has_bundle = None
     if url.startswith("http://") and total > PLAIN_HTTP_BODY_LIMIT:
         message += ("; over plain HTTP SpiroFS accepts at most 100 MB: use HTTPS "
                     "(up to 10 GiB)")
-    return ConnectError(message, server_has_bundle=False)
+    return ConnectError(message, server_has_bundle=has_bundle)
 
 
 def _decode(event: str, data: str) -> dict[str, Any]:

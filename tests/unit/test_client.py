@@ -227,3 +227,16 @@ def test_token_never_logged_even_at_debug(fake_server, token, caplog):
         run(fake_server, token)
     assert caplog.records  # urllib3 did log at debug level
     assert token not in caplog.text and token not in repr(info.value)
+
+
+def test_plain_http_body_limit_is_explained(fake_server, token, monkeypatch):
+    # SpiroFS over plain HTTP caps bodies at 100 MB (Tornado's default); the
+    # limit is lowered here so the test needs no 100 MB upload.
+    monkeypatch.setattr(client, "PLAIN_HTTP_BODY_LIMIT", 100)
+    fake_server.then(status=400, content_type="text/html", chunks=[b"<title>400: Bad Request</title>"])
+    with pytest.raises(BundleRejected, match="over plain HTTP SpiroFS accepts at most 100 MB.*use HTTPS"):
+        run(fake_server, token)
+    fake_server.then(close_before_body=True)
+    with pytest.raises(ConnectError, match="use HTTPS"):
+        list(upload(fake_server.url, token, io.BytesIO(b"\0" * (8 << 20)), "proj", "prod",
+                    sslverify=False, connect_retries=0))
