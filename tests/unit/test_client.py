@@ -14,7 +14,7 @@ from spirodeploy.errors import (BundleRejected, ConnectError, ExitCode, Malforme
                                 NotAnEventStream, ServerError, StreamCut, StreamTimeout,
                                 TLSError, TokenNotAllowed, TokenRejected)
 from tests.fakeserver import FakeSpiroServer, highstate_events, sse
-from tests.tlsutil import make_ca_and_cert
+from tests.saltbed.bed import make_tls_files
 
 
 def small_tar() -> io.BytesIO:
@@ -179,19 +179,19 @@ def test_token_never_in_errors_and_checked_before_sending(fake_server):
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory):
     base = tmp_path_factory.mktemp("tls")
-    return {"good": make_ca_and_cert(base / "good"),
-            "other": make_ca_and_cert(base / "other", hosts=("other.example",))}
+    return {"good": make_tls_files(base / "good"),
+            "other": make_tls_files(base / "other", hosts=("other.example",))}
 
 
 def _tls_server(paths):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(paths["cert"], paths["key"])
+    context.load_cert_chain(paths.server_cert, paths.server_key)
     return FakeSpiroServer(tls_context=context)
 
 
 def test_tls_with_the_right_ca(tls_files, token):
     with _tls_server(tls_files["good"]) as server:
-        events = run(server, token, sslverify=str(tls_files["good"]["ca"]))
+        events = run(server, token, sslverify=str(tls_files["good"].ca_cert))
         assert events[-1][0] == "highstate-finish"
 
 
@@ -205,7 +205,7 @@ def test_tls_default_verification_fails_cleanly(tls_files, token):
 def test_tls_certificate_for_another_name(tls_files, token):
     with _tls_server(tls_files["other"]) as server:
         with pytest.raises(TLSError):
-            run(server, token, sslverify=str(tls_files["other"]["ca"]))
+            run(server, token, sslverify=str(tls_files["other"].ca_cert))
 
 
 def test_check_token(fake_server, token):

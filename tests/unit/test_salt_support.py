@@ -84,9 +84,9 @@ def test_both_token_and_token_file_configured_is_an_error(tmp_path):
 
 
 def test_explicit_ssl_cert_overrides_configured_insecure(tmp_path):
-    from tests.tlsutil import make_ca_and_cert
+    from tests.saltbed.bed import make_tls_files
 
-    ca = make_ca_and_cert(tmp_path)["ca"]
+    ca = make_tls_files(tmp_path).ca_cert
     config = getter({"spirodeploy:insecure": True, "spirodeploy:token": TOKEN})
     settings = saltsupport.resolve_settings(config, server="https://s/", ssl_cert=str(ca),
                                             environ={})
