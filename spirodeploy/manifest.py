@@ -80,26 +80,47 @@ def make_manifest(files: Sequence[Mapping[str, Any]], *, gitcommit: str | None =
     }
 
 
+def manifest_parts(records: Sequence[Tuple[str, int, str, int]]) -> Tuple[bytes, bytes]:
+    """The costly pieces of a manifest for ``(path, size, sha256, mode)`` records.
+
+    Returns ``(digest input, JSON file objects)`` as bytes.  The parts of
+    consecutive slices of the records can be made separately (the builder
+    makes one in each of its two processes) and given to
+    :func:`build_manifest` in order.
+    """
+    from json.encoder import encode_basestring_ascii as enc
+
+    lines = []
+    body = []
+    step = 4096  # in slices, so no whole-manifest temporary string is needed twice
+    for i in range(0, len(records), step):
+        part = records[i:i + step]
+        lines.append("".join(["%s\0%s\0%o\n" % (p, d, m) for p, _s, d, m in part]).encode("utf-8"))
+        body.append(",".join(['{"mode":%d,"path":%s,"sha256":"%s","size":%d}'
+                              % (m, enc(p), d, s) for p, s, d, m in part]).encode("ascii"))
+    return b"".join(lines), b",".join(body)
+
+
 def build_manifest(records: Sequence[Tuple[str, int, str, int]], *,
-                   gitcommit: str | None = None, tool: str | None = None) -> Tuple[dict, bytes]:
+                   gitcommit: str | None = None, tool: str | None = None,
+                   parts: Sequence[Tuple[bytes, bytes]] | None = None) -> Tuple[dict, bytes]:
     """Build a manifest from ``(path, size, sha256, mode)`` records sorted by path.
 
     Returns ``(manifest dict, its serialised bytes)``; the bytes are exactly
     :func:`dump_manifest` of the dict, produced faster for large trees.
+    ``parts``: :func:`manifest_parts` of consecutive slices of ``records``,
+    already made.
     """
     if tool is None:
         from . import __version__
         tool = "spiro-deploy %s" % __version__
     from json.encoder import encode_basestring_ascii as enc
 
+    if parts is None:
+        parts = [manifest_parts(records)]
     h = hashlib.sha256()
-    body = []
-    step = 4096  # in slices, so no whole-manifest temporary string is needed twice
-    for i in range(0, len(records), step):
-        part = records[i:i + step]
-        h.update("".join(["%s\0%s\0%o\n" % (p, d, m) for p, _s, d, m in part]).encode("utf-8"))
-        body.append(",".join(['{"mode":%d,"path":%s,"sha256":"%s","size":%d}'
-                              % (m, enc(p), d, s) for p, s, d, m in part]).encode("ascii"))
+    for lines, _body in parts:
+        h.update(lines)
     digest = h.hexdigest()
     files = [{"path": p, "size": s, "sha256": d, "mode": m} for p, s, d, m in records]
     manifest = {"format": MANIFEST_FORMAT, "tool": tool, "gitcommit": gitcommit,
@@ -107,7 +128,8 @@ def build_manifest(records: Sequence[Tuple[str, int, str, int]], *,
     head = ('{"digest":"%s","files":[' % digest).encode("ascii")
     tail = '],"format":%d,"gitcommit":%s,"tool":%s}\n' % (
         MANIFEST_FORMAT, "null" if gitcommit is None else enc(gitcommit), enc(tool))
-    return manifest, b"".join([head, b",".join(body), tail.encode("ascii")])
+    body = b",".join([b for _lines, b in parts if b])
+    return manifest, b"".join([head, body, tail.encode("ascii")])
 
 
 def dump_manifest(manifest: Mapping[str, Any]) -> bytes:

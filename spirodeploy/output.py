@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import Counter
 from typing import IO, Any
 
 from .report import KNOWN_EVENTS, DeployReport, MinionResult
@@ -54,10 +55,8 @@ class HumanPrinter:
         self.line(f"Bundle: {bundle.file_count} files, {_size(bundle.size)}, "
                   f"sha256 {bundle.sha256}")
         files = bundle.manifest.get("files", [])
-        tops: dict[str, int] = {}
-        for entry in files:
-            head = entry["path"].split("/", 1)[0] if "/" in entry["path"] else "(root)"
-            tops[head] = tops.get(head, 0) + 1
+        tops = Counter(head if sep else "(root)"
+                       for head, sep, _ in (entry["path"].partition("/") for entry in files))
         for head, count in sorted(tops.items()):
             self.line(f"  {head:<24} {count} files")
         if verbose:

@@ -1,0 +1,129 @@
+"""The builder's two-process write (builder._ForkedTail): same bytes, same errors."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from spirodeploy import builder as B
+from spirodeploy.builder import build_bundle
+from spirodeploy.errors import BundleError
+
+pytestmark = pytest.mark.skipif(not B._CAN_FORK, reason="needs os.fork (Linux)")
+
+
+def make_tree(root, count=300):
+    """A project whose source mixes every kind of member the writer handles."""
+    salt = root / "_salt"
+    salt.mkdir(parents=True)
+    (salt / "top.sls").write_text("base:\n  '*': [app]\n")
+    (salt / "app.sls").write_text("app: {}\n")
+    src = root / "src"
+    for i in range(count):
+        d = src / ("d%02d" % (i % 7))
+        d.mkdir(parents=True, exist_ok=True)
+        (d / ("f%04d.txt" % i)).write_bytes(b"x" * (i * 37 % 1500) + b"\n")
+    tail = src / "zz"            # sorts last: lands in the child's half
+    tail.mkdir()
+    (tail / "big.bin").write_bytes(os.urandom(B._SMALL + 4096))        # large-file path
+    (tail / "run.sh").write_text("#!/bin/sh\n")
+    os.chmod(tail / "run.sh", 0o755)
+    (tail / ("long-" + "n" * 120 + ".txt")).write_text("long name: pax header\n")
+    (tail / "caf\u00e9.txt").write_text("non-ASCII name\n")
+    os.symlink("run.sh", tail / "run-link")
+    (tail / "empty").write_bytes(b"")
+    return root
+
+
+@pytest.fixture
+def forks(monkeypatch):
+    """Force the two-process write on any tree; record what the child returned."""
+    monkeypatch.setattr(B, "_PARALLEL_MIN", 2)
+    # pytest may run helper threads; the real guard is tested on its own below
+    monkeypatch.setattr(B.threading, "active_count", lambda: 1)
+    results = []
+    collect = B._ForkedTail.collect
+
+    def spy(self):
+        got = collect(self)
+        results.append(got)
+        return got
+
+    monkeypatch.setattr(B._ForkedTail, "collect", spy)
+    return results
+
+
+def serial_bytes(project, tmp_path, monkeypatch, name="serial.tar"):
+    with monkeypatch.context() as m:
+        m.setattr(B, "_PARALLEL_MIN", 10 ** 9)
+        out = tmp_path / name
+        bundle = build_bundle(project, include_source="fs", output=out)
+        bundle.close()
+        return out.read_bytes(), bundle.sha256
+
+
+def test_two_processes_write_the_same_bytes_as_one(tmp_path, monkeypatch, forks):
+    project = make_tree(tmp_path / "proj")
+    expected, expected_sha = serial_bytes(project, tmp_path, monkeypatch)
+
+    out = tmp_path / "parallel.tar"
+    bundle = build_bundle(project, include_source="fs", output=out)
+
+    assert len(forks) == 1 and forks[0] is not None, "the child did not deliver its half"
+    size, records, _gitcommit, _lines, _body = forks[0]
+    assert size > B._SMALL and any(r[0].startswith("_source/src/zz/") for r in records)
+    assert out.read_bytes() == expected
+    assert bundle.sha256 == expected_sha
+    assert bundle.file_count == len(bundle.manifest["files"]) == 300 + 2 + 6
+    with pytest.raises(ChildProcessError):  # the child was reaped
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_a_failing_child_leaves_the_work_to_the_parent(tmp_path, monkeypatch, forks):
+    project = make_tree(tmp_path / "proj")
+    expected, _sha = serial_bytes(project, tmp_path, monkeypatch)
+    parent = os.getpid()
+    real_parts = B.manifest_parts
+
+    def parts_failing_in_child(records):
+        if os.getpid() != parent:
+            raise OSError("simulated failure in the child")
+        return real_parts(records)
+
+    monkeypatch.setattr(B, "manifest_parts", parts_failing_in_child)
+    out = tmp_path / "parallel.tar"
+    build_bundle(project, include_source="fs", output=out)
+
+    assert forks == [None]
+    assert out.read_bytes() == expected
+
+
+def test_an_error_in_the_childs_half_is_raised_as_in_a_serial_build(tmp_path, forks):
+    project = make_tree(tmp_path / "proj")
+    with pytest.raises(BundleError, match=r"src/zz/empty.*vanished"):
+        with B.TarballBuilder(root=project) as tb:
+            tb.add_saltdir(project / "_salt")
+            tb.add_source(lambda skip: B.fs_scanner(skip, root=project))
+            (project / "src" / "zz" / "empty").unlink()  # gone before the tar is written
+    assert forks == [None]
+
+
+def test_no_fork_while_other_threads_run(monkeypatch):
+    monkeypatch.setattr(B, "_PARALLEL_MIN", 2)
+    names = ["n%d" % i for i in range(10)]
+    if threading.active_count() == 1:
+        assert B._fork_split(names) == int(10 * B._PARENT_SHARE)
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert B._fork_split(names) == 0
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_small_trees_are_written_by_one_process():
+    assert B._fork_split(["a"] * (B._PARALLEL_MIN - 1)) == 0
