@@ -1623,7 +1623,8 @@ def git_commit_info(root=".") -> Optional[bytes]:
 class Bundle:
     """A built bundle: the tar in :attr:`file` and what is known about it.
 
-    Attributes: ``file`` (seekable binary file at position 0), ``sha256``,
+    Attributes: ``file`` (seekable binary file at position 0; None for a
+    bundle streamed without ``output``), ``sha256``,
     ``size``, ``manifest`` (dict), ``file_count``, ``digest`` (content
     digest), ``has_top`` (``top.sls`` or ``spirotop.sls`` at the root),
     ``warnings`` (list of str) and ``path`` (the ``output`` file, or None).
@@ -1650,7 +1651,8 @@ class Bundle:
         return self.manifest["digest"]
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
     def __enter__(self) -> "Bundle":
         return self
@@ -1661,6 +1663,25 @@ class Bundle:
     def __repr__(self):
         return "<Bundle %d files, %d bytes, sha256 %s>" % (self.file_count, self.size,
                                                             self.sha256)
+
+
+class _Tee:
+    """Writes to the ``output`` file and to the ``stream`` of :func:`build_bundle`."""
+
+    def __init__(self, first: BinaryIO, second: BinaryIO):
+        self._first = first
+        self._second = second
+
+    def write(self, data) -> int:
+        _write_all(self._first.write, memoryview(data))
+        self._second.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._first.flush()
+
+    def seekable(self) -> bool:
+        return False
 
 
 def _artifact_name(root_shown: str, root_abs: str, root_real: str, artifact) -> Tuple[str, str]:
@@ -1736,7 +1757,7 @@ def _pick_scanner(include_source, root):
 def build_bundle(root=".", *, artifacts: Iterable = (), include_source=None,
                  gitcommit: bool = True, output=None, allow_empty: bool = False,
                  exclude: Iterable = (), spool_threshold: int = DEFAULT_SPOOL_THRESHOLD,
-                 mtime: Optional[int] = None) -> Bundle:
+                 mtime: Optional[int] = None, stream: Optional[BinaryIO] = None) -> Bundle:
     """Bundle the project at ``root`` and return a :class:`Bundle`.
 
     * ``_salt/`` under root is the bundle root.  A bundle without any file
@@ -1754,6 +1775,10 @@ def build_bundle(root=".", *, artifacts: Iterable = (), include_source=None,
     * ``exclude``: paths never to bundle (the token file, for instance).
       ``output`` and ``exclude`` are ordinary paths (relative to the current
       directory); neither is ever included.
+    * ``stream``: a writable binary file object that gets the tar as it is
+      written (in blocks of up to 1 MiB), instead of a temporary file.  The
+      returned bundle then has no ``file`` (None) unless ``output`` is also
+      given, in which case both get the bytes.
     """
     root_shown = os.fspath(root)
     root_abs = os.path.abspath(root_shown)
@@ -1774,10 +1799,13 @@ def build_bundle(root=".", *, artifacts: Iterable = (), include_source=None,
             raise BundleError("output %s is a directory" % _show(output))
         fd, tmp_path = _create_beside(out_abs, output)
         out_file = os.fdopen(fd, "w+b")
-        excl.append(out_abs)
+        excl += [out_abs, tmp_path]  # the old output, and the new one being written
     warnings: list = []
+    target = out_file
+    if stream is not None:
+        target = stream if out_file is None else _Tee(out_file, stream)
     try:
-        with TarballBuilder(out_file, spool_threshold=spool_threshold, mtime=mtime,
+        with TarballBuilder(target, spool_threshold=spool_threshold, mtime=mtime,
                             root=root_abs, exclude=excl) as builder:
             if gitcommit:
                 try:
@@ -1803,6 +1831,9 @@ def build_bundle(root=".", *, artifacts: Iterable = (), include_source=None,
                 builder.add_source(scanner)
         warnings.extend(builder.warnings)
         if out_file is not None:
+            if stream is not None:
+                out_file.flush()
+                out_file.seek(0)
             os.replace(tmp_path, output)
             tmp_path = None
     except BaseException:
@@ -1814,7 +1845,8 @@ def build_bundle(root=".", *, artifacts: Iterable = (), include_source=None,
             except OSError:
                 pass
         raise
-    bundle = Bundle(builder.buffer, sha256=builder.sha256, size=builder.size,
+    bundle = Bundle(out_file if stream is not None else builder.buffer,
+                    sha256=builder.sha256, size=builder.size,
                     manifest=builder.manifest, warnings=warnings,
                     path=output if output is not None else None)
     return bundle

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="highstate the affected minions after deploying (default)")
     highstate.add_argument("--no-highstate", dest="highstate", action="store_false",
                            help="deploy without highstating")
+    deploy.add_argument("--no-stream", dest="stream", action="store_false",
+                        help="build the whole bundle before uploading it (by default it is "
+                             "uploaded as it is built, chunked; for proxies that refuse that)")
     deploy.add_argument("--bundle", metavar="TAR",
                         help="upload this existing tar instead of building one "
                              "(every member is checked first)")
@@ -170,7 +173,7 @@ def _run(args: argparse.Namespace, printer) -> int:
     report = deploy(
         args.project, args.deployment, settings, root=args.directory, artifacts=args.artifact,
         include_source=args.include_source, highstate=args.highstate,
-        allow_empty=args.allow_empty, output=args.output,
+        allow_empty=args.allow_empty, output=args.output, stream=args.stream,
         on_bundle=lambda bundle: printer.deploying(bundle, args.project, args.deployment),
         on_warning=printer.warn, **callbacks,
     )

@@ -57,7 +57,7 @@ CONNECT_RETRIES = 2
 _CHUNK = 1024 * 1024
 
 SSLVerify = Union[bool, str]
-ProgressCallback = Callable[[int, int], None]
+ProgressCallback = Callable[[int, "int | None"], None]
 
 
 def upload(
@@ -80,10 +80,15 @@ def upload(
     then with ``highstate`` the ``highstate-*`` events, or ``exception``.
     ``data`` is always a dict with a human-readable ``msg``.
 
-    ``tarball`` is a binary file object, read from its current position.
+    ``tarball`` is a binary file object, read from its current position, or
+    an iterable of ``bytes`` blocks (a bundle still being built, see
+    :mod:`spirodeploy.stream`), sent with chunked transfer encoding as the
+    blocks come; if the iterable raises, the upload is dropped unfinished (the
+    server deploys nothing) and that error is raised.
     ``sslverify`` is True (system CAs), False (no verification; also the
     only way plain ``http://`` is allowed) or the path of a CA/certificate
-    PEM.  ``progress(sent, total)`` is called as the body is sent.
+    PEM.  ``progress(sent, total)`` is called as the body is sent (``total``
+    is None for a streamed bundle until its last block).
 
     Names and the token's own caveats are checked before anything is sent,
     since SpiroFS 0.3 deploys even after refusing a token with 403.
@@ -101,32 +106,45 @@ def _upload(url, token, tarball, project, deployment, highstate, sslverify,
             connect_timeout, read_timeout, progress, connect_retries):
     # A separate generator so that the checks above raise at the call, not at
     # the first next().
-    from .multipart import MultipartBody
+    from .multipart import MultipartBody, MultipartStream, SourceFailed
 
     fields: dict[str, Any] = {"project": project, "deployment": deployment}
     if highstate:
         # The server highstates on any non-empty value, so "off" means absent.
         fields["highstate"] = "1"
-    start = tarball.tell()
+    streamed = not hasattr(tarball, "read")
+    start = None if streamed else tarball.tell()
+    body: Any = None
     session = _session()
     attempt = 0
     while True:
-        tarball.seek(start)
-        body = MultipartBody(fields, "bundle", "bundle.tar", tarball, "application/x-tar",
-                             progress=progress)
-        total = len(body)
+        if streamed:
+            # One body for every attempt: a retry only happens before its
+            # first byte was taken, so the blocks are all still to come.
+            body = body or MultipartStream(fields, "bundle", "bundle.tar", tarball,
+                                           "application/x-tar", progress=progress)
+        else:
+            tarball.seek(start)
+            body = MultipartBody(fields, "bundle", "bundle.tar", tarball, "application/x-tar",
+                                 progress=progress)
         try:
             response = _send(session, url, token, body, sslverify, connect_timeout, read_timeout)
             break
         except _Retryable as retry:
             attempt += 1
             if attempt > connect_retries:
+                session.close()
                 raise retry.error from None
             time.sleep(min(2 ** attempt, 10))
+        except SourceFailed as failed:
+            session.close()
+            raise _stopped(failed.error) from None
         except _UploadCut as cut:
-            raise _explain_cut(url, body.sent, total) from cut.__cause__
+            session.close()
+            raise _explain_cut(url, body.sent, _whole(body),
+                               None if streamed else len(body)) from cut.__cause__
     try:
-        _check_response(response, url, total)
+        _check_response(response, url, body.sent)
         yield from stream_events(response)
     finally:
         response.close()
@@ -333,16 +351,36 @@ def _status_error(response, url: str, total: int = 0) -> ServerError:
                        server_has_bundle=None)
 
 
-def _explain_cut(url: str, sent: int, total: int) -> SpiroDeployError:
-    if sent < total:
-        message = (f"the connection closed during the upload after {sent} of {total} bytes; "
+def _whole(body: Any) -> bool:
+    """Whether all of ``body`` went to the connection."""
+    if hasattr(body, "complete"):
+        return body.complete
+    return body.sent >= len(body)
+
+
+def _stopped(error: BaseException) -> BaseException:
+    """The build behind a streamed upload failed: say that nothing was deployed."""
+    if isinstance(error, SpiroDeployError):
+        stopped = type(error).__new__(type(error))
+        stopped.__dict__.update(error.__dict__)
+        stopped.args = (f"{error.message}; the upload was stopped unfinished, so the server "
+                        "deploys nothing",)
+        stopped.server_has_bundle = False
+        return stopped
+    return error
+
+
+def _explain_cut(url: str, sent: int, whole: bool, total: int | None = None) -> SpiroDeployError:
+    if not whole:
+        of = f" of {total}" if total is not None else ""
+        message = (f"the connection closed during the upload after {sent}{of} bytes; "
                    "the server did not get the whole bundle and deployed nothing")
         has_bundle: bool | None = False
     else:
         message = ("the server closed the connection after the upload without answering; "
                    "it may or may not deploy the bundle")
         has_bundle = None
-    if url.startswith("http://") and total > PLAIN_HTTP_BODY_LIMIT:
+    if url.startswith("http://") and sent > PLAIN_HTTP_BODY_LIMIT:
         message += ("; over plain HTTP SpiroFS accepts at most 100 MB: use HTTPS "
                     "(up to 10 GiB)")
     return ConnectError(message, server_has_bundle=has_bundle)

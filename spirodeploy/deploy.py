@@ -21,11 +21,11 @@ from .report import DeployReport
 from .settings import Settings
 
 EventCallback = Callable[[str, "dict[str, Any]", DeployReport], None]
-ProgressCallback = Callable[[int, int], None]
+ProgressCallback = Callable[[int, "int | None"], None]
 
 
 def deploy_bundle(
-    bundle: IO[bytes],
+    bundle: IO[bytes] | Iterable[bytes],
     project: str,
     deployment: str,
     settings: Settings,
@@ -34,13 +34,18 @@ def deploy_bundle(
     bundle_info: dict[str, Any] | None = None,
     on_event: EventCallback | None = None,
     on_progress: ProgressCallback | None = None,
+    on_uploaded: Callable[[DeployReport], None] | None = None,
 ) -> DeployReport:
-    """Upload an open bundle and return the report of the deploy."""
+    """Upload an open bundle (or a stream of its blocks) and return the report.
+
+    ``on_uploaded(report)`` runs once the whole bundle went out and before
+    the first event is handled (or at the end, if none came).
+    """
     report = DeployReport(project=project, deployment=deployment, highstate=highstate,
                           bundle=bundle_info)
-    upload_state = {"sent": 0, "total": None}
+    upload_state: dict[str, Any] = {"sent": 0, "total": None}
 
-    def progress(sent: int, total: int) -> None:
+    def progress(sent: int, total: int | None) -> None:
         upload_state["sent"], upload_state["total"] = sent, total
         if on_progress is not None:
             on_progress(sent, total)
@@ -51,8 +56,12 @@ def deploy_bundle(
         connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
         progress=progress,
     )
+    uploaded = on_uploaded
     try:
         for event, data in events:
+            if uploaded is not None:
+                uploaded(report)
+                uploaded = None
             report.add(event, data)
             if on_event is not None:
                 on_event(event, data, report)
@@ -64,6 +73,8 @@ def deploy_bundle(
         report.fail(exc, exc.exit_code, exc.server_has_bundle)
     finally:
         events.close()
+    if uploaded is not None and upload_state["total"] is not None:
+        uploaded(report)
     return report
 
 
@@ -79,6 +90,7 @@ def deploy(
     allow_empty: bool = False,
     exclude: Iterable[str] = (),
     output: str | None = None,
+    stream: bool = True,
     on_bundle: Callable[[Any], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
     on_event: EventCallback | None = None,
@@ -86,24 +98,56 @@ def deploy(
 ) -> DeployReport:
     """Bundle the project at ``root`` and deploy it; return the report.
 
+    With ``stream`` (the default) the tar goes into the upload as it is
+    built, so the deploy costs about the upload alone; a build that fails
+    half way stops the upload unfinished, and the server deploys nothing.
+    Without it the bundle is built first, then uploaded.
+
     ``on_warning(text)`` hears about the bundle (no top file, ...) and
-    ``on_bundle(bundle)`` sees it once built, before the upload.  The token
-    file and ``output`` are never bundled.
+    ``on_bundle(bundle)`` sees it once built: before the upload, or when
+    streaming, once it has all gone out and before the first event.  The
+    token file and ``output`` are never bundled.
     """
     from .builder import build_bundle
 
     check_before_bundling(project, deployment, settings)
-    exclude = [*exclude, *([settings.token_file] if settings.token_file else [])]
-    with build_bundle(root, artifacts=list(artifacts), include_source=include_source,
-                      allow_empty=allow_empty, exclude=exclude, output=output) as bundle:
+    options: dict[str, Any] = {
+        "artifacts": list(artifacts), "include_source": include_source,
+        "allow_empty": allow_empty, "output": output,
+        "exclude": [*exclude, *([settings.token_file] if settings.token_file else [])],
+    }
+
+    def announce(bundle: Any) -> None:
         for warning in bundle_warnings(bundle, highstate):
             if on_warning is not None:
                 on_warning(warning)
         if on_bundle is not None:
             on_bundle(bundle)
-        return deploy_bundle(bundle.file, project, deployment, settings, highstate=highstate,
-                             bundle_info=bundle_info(bundle), on_event=on_event,
-                             on_progress=on_progress)
+
+    if not stream:
+        with build_bundle(root, **options) as bundle:
+            announce(bundle)
+            return deploy_bundle(bundle.file, project, deployment, settings,
+                                 highstate=highstate, bundle_info=bundle_info(bundle),
+                                 on_event=on_event, on_progress=on_progress)
+
+    from .stream import BundleStream
+
+    def uploaded(report: DeployReport) -> None:
+        report.bundle = bundle_info(streamed.bundle)
+        announce(streamed.bundle)
+
+    with BundleStream(lambda writer: build_bundle(root, stream=writer, **options)) as streamed:
+        # Errors found while collecting the files (a missing artifact, an empty
+        # _salt ...) are raised before anything is sent, as without streaming.
+        streamed.wait_for_first_block()
+        try:
+            return deploy_bundle(streamed.chunks(), project, deployment, settings,
+                                 highstate=highstate, on_event=on_event,
+                                 on_progress=on_progress, on_uploaded=uploaded)
+        finally:
+            if streamed.bundle is not None:
+                streamed.bundle.close()
 
 
 def deploy_file(

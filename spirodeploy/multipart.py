@@ -1,5 +1,8 @@
 """The upload body: ``multipart/form-data`` streamed from the bundle file.
 
+(:class:`MultipartStream`, at the end, is the same body for a bundle that is
+still being built: no length, sent chunked.)
+
 Small text fields, then the bundle read from its file in 1 MiB blocks into
 one reused buffer, then the closing boundary.  It has a length, so the
 request carries a ``Content-Length``, and it counts what has been sent, so
@@ -14,9 +17,23 @@ memory.  The framing itself is a few lines (RFC 7578).
 from __future__ import annotations
 
 import uuid
-from typing import IO, Callable, Mapping
+from typing import IO, Callable, Iterable, Iterator, Mapping
 
 BLOCK = 1024 * 1024
+
+
+def _framing(fields: Mapping[str, str], file_field: str, filename: str,
+             content_type: str) -> tuple[str, bytes, bytes]:
+    """``(boundary, head, tail)``: everything of the body around the file's bytes."""
+    boundary = uuid.uuid4().hex
+    dash = f"--{boundary}\r\n"
+    head = "".join(
+        f'{dash}Content-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields.items()
+    )
+    head += (f'{dash}Content-Disposition: form-data; name="{file_field}"; '
+             f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n')
+    return boundary, head.encode("utf-8"), f"\r\n--{boundary}--\r\n".encode()
 
 
 class MultipartBody:
@@ -25,17 +42,9 @@ class MultipartBody:
     def __init__(self, fields: Mapping[str, str], file_field: str, filename: str,
                  fileobj: IO[bytes], content_type: str = "application/octet-stream",
                  progress: Callable[[int, int], None] | None = None):
-        self.boundary = uuid.uuid4().hex
+        self.boundary, self._head, self._tail = _framing(fields, file_field, filename,
+                                                          content_type)
         self.content_type = f"multipart/form-data; boundary={self.boundary}"
-        dash = f"--{self.boundary}\r\n"
-        head = "".join(
-            f'{dash}Content-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-            for name, value in fields.items()
-        )
-        head += (f'{dash}Content-Disposition: form-data; name="{file_field}"; '
-                 f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n')
-        self._head = head.encode("utf-8")
-        self._tail = f"\r\n--{self.boundary}--\r\n".encode()
         self._file = fileobj
         start = fileobj.tell()
         self._file_size = fileobj.seek(0, 2) - start
@@ -87,4 +96,64 @@ class MultipartBody:
         self.sent += len(piece)
         if self._progress is not None:
             self._progress(self.sent, self._total)
+        return piece
+
+
+class SourceFailed(Exception):
+    """The file's bytes could not be produced; ``error`` says why.
+
+    Deliberately not an ``OSError``: the HTTP stack must not mistake it for a
+    network error (and retry, or wrap it); it drops the connection instead.
+    """
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+class MultipartStream:
+    """A body of unknown length: the file's bytes come from an iterable of blocks.
+
+    Iterating it yields the fields, the blocks as they come and the closing
+    boundary; the HTTP client sends them with chunked transfer encoding.  If
+    the blocks fail, :class:`SourceFailed` is raised before the closing
+    boundary, so the server never sees a whole request.
+    """
+
+    def __init__(self, fields: Mapping[str, str], file_field: str, filename: str,
+                 blocks: Iterable[bytes], content_type: str = "application/octet-stream",
+                 progress: Callable[[int, int | None], None] | None = None):
+        self.boundary, self._head, self._tail = _framing(fields, file_field, filename,
+                                                          content_type)
+        self.content_type = f"multipart/form-data; boundary={self.boundary}"
+        self._blocks = blocks
+        self._progress = progress
+        #: Bytes handed to the connection so far.
+        self.sent = 0
+        #: True once the closing boundary went out: the body is whole.
+        self.complete = False
+        self._started = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._started:
+            raise RuntimeError("a streamed body can only be sent once")
+        self._started = True
+        yield self._count(self._head)
+        try:
+            for block in self._blocks:
+                if block:
+                    yield self._count(block)
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                raise
+            raise SourceFailed(exc) from exc
+        yield self._count(self._tail)
+        self.complete = True
+        if self._progress is not None:
+            self._progress(self.sent, self.sent)
+
+    def _count(self, piece: bytes) -> bytes:
+        self.sent += len(piece)
+        if self._progress is not None:
+            self._progress(self.sent, None)
         return piece

@@ -67,7 +67,8 @@ class HumanPrinter:
         self.line(f"Deploying {bundle.file_count} files ({_size(bundle.size)}) to "
                   f"{project}/{deployment}")
 
-    def progress(self, sent: int, total: int) -> None:
+    def progress(self, sent: int, total: int | None) -> None:
+        """Draw the upload bar; ``total`` is None while a streamed bundle is still built."""
         if not self.show_progress:
             return
         if self._bar is None:
@@ -77,7 +78,7 @@ class HumanPrinter:
                              desc="Uploading", file=self.err, leave=False,
                              colour=None, dynamic_ncols=True)
         self._bar.update(sent - self._bar.n)
-        if sent >= total:
+        if total is not None and sent >= total:
             self._close_bar()
 
     def event(self, event: str, data: dict[str, Any], report: DeployReport) -> None:
@@ -154,7 +155,7 @@ class JsonPrinter:
     def deploying(self, bundle: Any, project: str, deployment: str) -> None:
         pass  # the report carries the bundle's facts
 
-    def progress(self, sent: int, total: int) -> None:
+    def progress(self, sent: int, total: int | None) -> None:
         pass
 
     def event(self, event: str, data: dict[str, Any], report: DeployReport) -> None:

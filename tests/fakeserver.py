@@ -28,6 +28,8 @@ class Received:
     bundle: bytes | None = None
     bundle_parts: int = 0
     body_size: int = 0
+    #: False when the client dropped a chunked body before its last chunk.
+    body_complete: bool = True
 
 
 @dataclass
@@ -124,8 +126,15 @@ class FakeSpiroServer:
             return
         if read_body:
             length = int(handler.headers.get("Content-Length", 0))
-            body = _read_exactly(handler.rfile, length) if length else _read_chunked(handler.rfile)
+            if length:
+                body = _read_exactly(handler.rfile, length)
+            else:
+                body, received.body_complete = _read_chunked(handler.rfile)
             received.body_size = len(body)
+            if not received.body_complete:
+                # A real server never sees this request: nothing to answer.
+                handler.close_connection = True
+                return
             _parse_multipart(received, handler.headers.get("Content-Type", ""), body)
         if self.on_request:
             self.on_request(received)
@@ -165,19 +174,25 @@ def _read_exactly(stream, length: int) -> bytes:
     return b"".join(parts)
 
 
-def _read_chunked(stream) -> bytes:
+def _read_chunked(stream) -> tuple[bytes, bool]:
+    """The body of a chunked request, and whether it ended with its last chunk."""
     parts = []
-    while True:
-        line = stream.readline()
-        if not line:
-            break
-        size = int(line.split(b";")[0].strip() or b"0", 16)
-        if size == 0:
+    complete = False
+    try:
+        while True:
+            line = stream.readline()
+            if not line:
+                break
+            size = int(line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                stream.readline()
+                complete = True
+                break
+            parts.append(_read_exactly(stream, size))
             stream.readline()
-            break
-        parts.append(_read_exactly(stream, size))
-        stream.readline()
-    return b"".join(parts)
+    except (OSError, ValueError):
+        complete = False
+    return b"".join(parts), complete
 
 
 def _parse_multipart(received: Received, content_type: str, body: bytes) -> None:

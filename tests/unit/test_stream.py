@@ -1,0 +1,220 @@
+"""Bundling while uploading (spirodeploy.stream, deploy(stream=True)) against the fake server."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import threading
+import time
+
+import pytest
+
+from spirodeploy.builder import build_bundle
+from spirodeploy.deploy import deploy
+from spirodeploy.errors import BundleError, ExitCode
+from spirodeploy.settings import Settings
+from spirodeploy.stream import BundleStream
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def settings(fake_server, token):
+    return Settings.resolve(server=fake_server.url, token=token, insecure=True)
+
+
+def big_project(project, size=40 * MiB):
+    """The project plus a sparse artifact: the bundle is many blocks long."""
+    (project / "dist").mkdir()
+    with open(project / "dist" / "app.bin", "wb") as fh:
+        fh.truncate(size)
+    (project / "_salt" / "zz.sls").write_text("zz: {}\n")  # sorts after the artifact
+    return project
+
+
+def settled(received, timeout=10.0):
+    """The request once the fake server has read all of its body (it reads in a thread)."""
+    deadline = time.monotonic() + timeout
+    while not received.body_size and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return received
+
+
+def stream_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("spirodeploy-bundle")]
+
+
+def test_the_bundle_goes_out_chunked_as_built(project, fake_server, settings):
+    big_project(project)
+    seen = []
+
+    report = deploy("proj", "prod", settings, root=str(project), artifacts=["dist/app.bin"],
+                    on_bundle=lambda bundle: seen.append(("bundle", len(fake_server.received))),
+                    on_event=lambda event, data, report: seen.append(("event", event)))
+
+    assert report.exit_code == ExitCode.OK, report.error
+    got = fake_server.received[0]
+    assert got.headers.get("Transfer-Encoding") == "chunked"
+    assert "Content-Length" not in got.headers
+    assert got.body_complete and got.bundle_parts == 1
+    # the bytes the server got are the bundle the report describes
+    assert hashlib.sha256(got.bundle).hexdigest() == report.bundle["sha256"]
+    assert len(got.bundle) == report.bundle["size"] > 40 * MiB
+    assert report.bundle["file_count"] == 4
+    # the bundle is announced once it has gone out, before the first event
+    assert seen[0] == ("bundle", 1) and seen[1][0] == "event"
+    assert not stream_threads()
+
+
+def test_same_bytes_as_a_bundle_built_first(project, fake_server, settings, tmp_path):
+    streamed = deploy("proj", "prod", settings, root=str(project))
+    built = deploy("proj", "prod", settings, root=str(project), stream=False)
+    first, second = fake_server.received
+    assert first.headers.get("Transfer-Encoding") == "chunked"
+    assert "Content-Length" in second.headers
+    assert first.bundle == second.bundle
+    assert streamed.bundle == built.bundle
+
+
+def test_output_gets_the_streamed_bytes(project, fake_server, settings, tmp_path):
+    out = tmp_path / "bundle.tar"
+    report = deploy("proj", "prod", settings, root=str(project), output=str(out))
+    assert report.exit_code == ExitCode.OK
+    assert out.read_bytes() == fake_server.received[0].bundle
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_build_failing_half_way_leaves_the_request_unfinished(project, fake_server, settings):
+    big_project(project)
+    vanish = project / "_salt" / "zz.sls"
+
+    def progress(sent, total):
+        # The first blocks are out; the builder is still on the artifact.
+        if sent > MiB and vanish.exists():
+            vanish.unlink()
+
+    with pytest.raises(BundleError) as caught:
+        deploy("proj", "prod", settings, root=str(project), artifacts=["dist/app.bin"],
+               on_progress=progress)
+
+    message = str(caught.value)
+    assert "zz.sls" in message and "vanished" in message
+    assert "upload was stopped unfinished, so the server deploys nothing" in message
+    assert caught.value.server_has_bundle is False
+    got = settled(fake_server.received[0])
+    assert MiB < got.body_size < 40 * MiB
+    assert not got.body_complete  # the server never saw a whole request
+    assert not stream_threads()
+
+
+def test_bad_input_is_refused_before_connecting(project, fake_server, settings):
+    with pytest.raises(BundleError, match="missing.bin"):
+        deploy("proj", "prod", settings, root=str(project), artifacts=["missing.bin"])
+    assert fake_server.received == []
+    assert not stream_threads()
+
+
+def test_interrupt_during_a_streamed_upload(project, fake_server, settings):
+    big_project(project)
+
+    def progress(sent, total):
+        if sent > MiB:
+            raise KeyboardInterrupt
+
+    report = deploy("proj", "prod", settings, root=str(project), artifacts=["dist/app.bin"],
+                    on_progress=progress)
+
+    assert report.exit_code == ExitCode.INTERRUPTED
+    assert report.server_has_bundle is False
+    assert "during the upload" in str(report.error)
+    assert not settled(fake_server.received[0]).body_complete
+    assert not stream_threads()
+
+
+def test_progress_has_no_total_until_the_last_block(project, fake_server, settings):
+    calls = []
+    deploy("proj", "prod", settings, root=str(project),
+           on_progress=lambda sent, total: calls.append((sent, total)))
+    assert all(total is None for _sent, total in calls[:-1])
+    sent, total = calls[-1]
+    assert total == sent == calls[-2][0] > 0
+
+
+def test_closing_a_stream_stops_a_blocked_build(tmp_path):
+    blocks = []
+
+    def build(writer):
+        for _ in range(100):  # far more than the queue holds
+            writer.write(b"x" * 1024)
+            blocks.append(1)
+        return "done"
+
+    stream = BundleStream(build, blocks=2)
+    stream.wait_for_first_block()
+    stream.close()
+    assert not stream_threads()
+    assert len(blocks) < 100
+    assert stream.bundle is None
+
+
+def test_chunks_end_with_the_builds_error():
+    def build(writer):
+        writer.write(b"first")
+        raise BundleError("file x vanished")
+
+    with BundleStream(build) as stream:
+        got = []
+        with pytest.raises(BundleError, match="vanished"):
+            for block in stream.chunks():
+                got.append(block)
+    assert got == [b"first"]
+
+
+def test_build_bundle_stream_without_output_has_no_file(project):
+    class Collect:
+        def __init__(self):
+            self.data = bytearray()
+
+        def write(self, data):
+            self.data += data
+            return len(data)
+
+    sink = Collect()
+    bundle = build_bundle(project, stream=sink)
+    assert bundle.file is None
+    assert hashlib.sha256(sink.data).hexdigest() == bundle.sha256
+    bundle.close()
+
+
+def test_cli_streams_unless_told_not_to(project, fake_server, token, monkeypatch):
+    from spirodeploy.cli import main
+
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("SPIRO_URL", fake_server.url)
+    monkeypatch.setenv("SPIRO_TOKEN", token)
+    monkeypatch.delenv("SPIRO_TOKEN_FILE", raising=False)
+    assert main(["proj", "prod", "--insecure"]) == ExitCode.OK
+    assert main(["proj", "prod", "--insecure", "--no-stream"]) == ExitCode.OK
+    streamed, built = fake_server.received
+    assert streamed.headers.get("Transfer-Encoding") == "chunked"
+    assert "Content-Length" in built.headers and "Transfer-Encoding" not in built.headers
+    assert streamed.bundle == built.bundle
+
+
+def test_output_inside_the_project_is_not_bundled_when_streaming(project, fake_server, settings):
+    (project / "notes.txt").write_text("notes\n")
+    report = deploy("proj", "prod", settings, root=str(project), include_source="fs",
+                    output=str(project / "bundle.tar"))
+    assert report.exit_code == ExitCode.OK
+    names = [f["path"] for f in
+             json.loads(_member(fake_server.received[0].bundle,
+                                              ".spirodeploy.json"))["files"]]
+    assert "_source/notes.txt" in names
+    assert not [n for n in names if "bundle.tar" in n], names
+
+
+def _member(tar_bytes: bytes, name: str) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tf:
+        return tf.extractfile(name).read()
