@@ -23,7 +23,9 @@ A child's reaped descendants, such as ``git archive``, count too.
    ``tar --sort=name -cf`` of the same files vs 0.4's ``TarballBuilder``.
 4. End to end on (a) and (c), against a real SpiroFS 0.3 server (salt-master
    with the test bed's shim, HTTPS: the plain-HTTP server stops at 100 MB),
-   all with ``--no-highstate``: ``spiro-deploy`` vs ``curl -F bundle=@<the
+   all with ``--no-highstate``: ``spiro-deploy`` (which streams the tar into
+   the upload as it is built; also with ``--no-stream``, build then upload)
+   vs ``curl -F bundle=@<the
    same bundle, prebuilt>`` (+ the GNU tar time) vs 0.4's CLI.  The server
    runs on the same 2 cores, so it is part of every figure alike.  Plus what
    a user sees over plain HTTP with a bundle over 100 MB.

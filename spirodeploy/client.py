@@ -144,7 +144,8 @@ def _upload(url, token, tarball, project, deployment, highstate, sslverify,
             raise _explain_cut(url, body.sent, _whole(body),
                                None if streamed else len(body)) from cut.__cause__
     try:
-        _check_response(response, url, body.sent)
+        # A streamed body's length is only known as far as it was sent.
+        _check_response(response, url, body.sent if streamed else len(body), exact=not streamed)
         yield from stream_events(response)
     finally:
         response.close()
@@ -312,7 +313,7 @@ def _request(session, method, url, token, sslverify, connect_timeout, read_timeo
         raise ConnectError(f"cannot connect to {safe_url(url)}: {_reason(exc)}") from None
 
 
-def _check_response(response, url: str, total: int) -> None:
+def _check_response(response, url: str, total: int, exact: bool = True) -> None:
     status = response.status_code
     if status == 200:
         content_type = response.headers.get("Content-Type", "")
@@ -329,10 +330,10 @@ def _check_response(response, url: str, total: int) -> None:
             "the token may not deploy this project (HTTP 403). Caution: SpiroFS 0.3 "
             "deploys the bundle even after refusing it; check the deployment",
             server_has_bundle=True)
-    raise _status_error(response, url, total)
+    raise _status_error(response, url, total, exact)
 
 
-def _status_error(response, url: str, total: int = 0) -> ServerError:
+def _status_error(response, url: str, total: int = 0, exact: bool = True) -> ServerError:
     status = response.status_code
     body = _body_text(response)
     if 300 <= status < 400:
@@ -343,7 +344,8 @@ def _status_error(response, url: str, total: int = 0) -> ServerError:
     if status in (400, 413):
         hint = ""
         if url.startswith("http://") and total > PLAIN_HTTP_BODY_LIMIT:
-            hint = (f"; over plain HTTP SpiroFS accepts at most 100 MB and this upload is "
+            size = "is" if exact else "went past"
+            hint = (f"; over plain HTTP SpiroFS accepts at most 100 MB and this upload {size} "
                     f"{total / 1048576:.0f} MiB: use HTTPS (up to 10 GiB)")
         return BundleRejected(f"the server rejected the bundle (HTTP {status}){detail}{hint}",
                               status=status, body=body, server_has_bundle=False)
@@ -361,12 +363,9 @@ def _whole(body: Any) -> bool:
 def _stopped(error: BaseException) -> BaseException:
     """The build behind a streamed upload failed: say that nothing was deployed."""
     if isinstance(error, SpiroDeployError):
-        stopped = type(error).__new__(type(error))
-        stopped.__dict__.update(error.__dict__)
-        stopped.args = (f"{error.message}; the upload was stopped unfinished, so the server "
-                        "deploys nothing",)
-        stopped.server_has_bundle = False
-        return stopped
+        error.args = (f"{error.message}; the upload was stopped unfinished, so the server "
+                      "deploys nothing",)
+        error.server_has_bundle = False
     return error
 
 

@@ -218,3 +218,19 @@ def test_output_inside_the_project_is_not_bundled_when_streaming(project, fake_s
 def _member(tar_bytes: bytes, name: str) -> bytes:
     with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tf:
         return tf.extractfile(name).read()
+
+
+def test_plain_http_body_limit_is_explained_for_a_stream(fake_server, token, monkeypatch):
+    from spirodeploy import client
+    from spirodeploy.errors import BundleRejected, ConnectError
+
+    monkeypatch.setattr(client, "PLAIN_HTTP_BODY_LIMIT", 100)
+    fake_server.then(status=400, content_type="text/html", chunks=[b"400: Bad Request"])
+    with pytest.raises(BundleRejected, match=r"this upload went past \d+ MiB: use HTTPS"):
+        list(client.upload(fake_server.url, token, iter([b"\0" * MiB] * 3), "proj", "prod",
+                           sslverify=False))
+    fake_server.then(close_before_body=True)
+    with pytest.raises(ConnectError, match="during the upload.*use HTTPS") as info:
+        list(client.upload(fake_server.url, token, iter([b"\0" * MiB] * 64), "proj", "prod",
+                           sslverify=False, connect_retries=0))
+    assert info.value.server_has_bundle is False
