@@ -1559,7 +1559,12 @@ class TarballBuilder:
             self._staging.file.flush()
         split = _fork_split(names)
         # Fork before the writer thread of _TarWriter starts (see _ForkedTail).
-        tail = _ForkedTail(names, split, entries, self.mtime, self._excluded) if split else None
+        tail = None
+        if split:
+            try:
+                tail = _ForkedTail(names, split, entries, self.mtime, self._excluded)
+            except OSError:  # no fork today (out of processes or memory): one process
+                tail = None
         try:
             w = _TarWriter(self.buffer, self.mtime, self._excluded)
         except BaseException:

@@ -127,3 +127,17 @@ def test_no_fork_while_other_threads_run(monkeypatch):
 
 def test_small_trees_are_written_by_one_process():
     assert B._fork_split(["a"] * (B._PARALLEL_MIN - 1)) == 0
+
+
+def test_a_failed_fork_falls_back_to_one_process(tmp_path, monkeypatch, forks):
+    project = make_tree(tmp_path / "proj")
+    expected, _sha = serial_bytes(project, tmp_path, monkeypatch)
+
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(B.os, "fork", no_fork)
+    out = tmp_path / "parallel.tar"
+    build_bundle(project, include_source="fs", output=out)
+    assert forks == []
+    assert out.read_bytes() == expected
