@@ -827,7 +827,6 @@ class _ForkedTail:
     def __init__(self, names, start: int, entries, mtime: int, excluded: frozenset):
         import marshal
 
-        self.start = start
         self.segment = tempfile.TemporaryFile(prefix="spirodeploy-part-", buffering=0)
         read_end, write_end = os.pipe()
         try:
