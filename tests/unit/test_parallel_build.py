@@ -37,16 +37,25 @@ def make_tree(root, count=300):
     return root
 
 
+class _Results(list):
+    """What each child returned; ``pids``: the children's process ids."""
+
+    def __init__(self):
+        super().__init__()
+        self.pids = []
+
+
 @pytest.fixture
 def forks(monkeypatch):
     """Force the two-process write on any tree; record what the child returned."""
     monkeypatch.setattr(B, "_PARALLEL_MIN", 2)
     # pytest may run helper threads; the real guard is tested on its own below
     monkeypatch.setattr(B.threading, "active_count", lambda: 1)
-    results = []
+    results = _Results()
     collect = B._ForkedTail.collect
 
     def spy(self):
+        results.pids.append(self.pid)
         got = collect(self)
         results.append(got)
         return got
@@ -78,7 +87,7 @@ def test_two_processes_write_the_same_bytes_as_one(tmp_path, monkeypatch, forks)
     assert bundle.sha256 == expected_sha
     assert bundle.file_count == len(bundle.manifest["files"]) == 300 + 2 + 6
     with pytest.raises(ChildProcessError):  # the child was reaped
-        os.waitpid(-1, os.WNOHANG)
+        os.waitpid(forks.pids[0], os.WNOHANG)
 
 
 def test_a_failing_child_leaves_the_work_to_the_parent(tmp_path, monkeypatch, forks):
