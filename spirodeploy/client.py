@@ -141,7 +141,7 @@ def _upload(url, token, tarball, project, deployment, highstate, sslverify,
             raise _stopped(failed.error) from None
         except _UploadCut as cut:
             session.close()
-            raise _explain_cut(url, body.sent, _whole(body),
+            raise _explain_cut(url, body.sent, body.complete,
                                None if streamed else len(body)) from cut.__cause__
     try:
         # A streamed body's length is only known as far as it was sent.
@@ -351,13 +351,6 @@ def _status_error(response, url: str, total: int = 0, exact: bool = True) -> Ser
                               status=status, body=body, server_has_bundle=False)
     return ServerError(f"the server answered HTTP {status}{detail}", status=status, body=body,
                        server_has_bundle=None)
-
-
-def _whole(body: Any) -> bool:
-    """Whether all of ``body`` went to the connection."""
-    if hasattr(body, "complete"):
-        return body.complete
-    return body.sent >= len(body)
 
 
 def _stopped(error: BaseException) -> BaseException:

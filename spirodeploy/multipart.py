@@ -60,6 +60,11 @@ class MultipartBody:
     def __len__(self) -> int:
         return self._total
 
+    @property
+    def complete(self) -> bool:
+        """True once all of the body went to the connection."""
+        return self.sent >= self._total
+
     def read(self, size: int = -1) -> bytes | memoryview:
         """The next piece of the body; empty at the end.
 

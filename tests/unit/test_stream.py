@@ -68,7 +68,7 @@ def test_the_bundle_goes_out_chunked_as_built(project, fake_server, settings):
     assert not stream_threads()
 
 
-def test_same_bytes_as_a_bundle_built_first(project, fake_server, settings, tmp_path):
+def test_same_bytes_as_a_bundle_built_first(project, fake_server, settings):
     streamed = deploy("proj", "prod", settings, root=str(project))
     built = deploy("proj", "prod", settings, root=str(project), stream=False)
     first, second = fake_server.received
@@ -142,7 +142,7 @@ def test_progress_has_no_total_until_the_last_block(project, fake_server, settin
     assert total == sent == calls[-2][0] > 0
 
 
-def test_closing_a_stream_stops_a_blocked_build(tmp_path):
+def test_closing_a_stream_stops_a_blocked_build():
     blocks = []
 
     def build(writer):
