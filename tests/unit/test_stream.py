@@ -104,7 +104,9 @@ def test_a_build_failing_half_way_leaves_the_request_unfinished(project, fake_se
     assert "upload was stopped unfinished, so the server deploys nothing" in message
     assert caught.value.server_has_bundle is False
     got = settled(fake_server.received[0])
-    assert MiB < got.body_size < 40 * MiB
+    # Blocks queued before the failure may still go out, so the body may hold
+    # the whole artifact, but nothing of the member that failed after it.
+    assert MiB < got.body_size < 40 * MiB + 4096
     assert not got.body_complete  # the server never saw a whole request
     assert not stream_threads()
 
