@@ -1223,3 +1223,33 @@ def test_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.PIPE,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert out.stdout.decode().strip() == "[]"
+
+
+@pytest.mark.parametrize("enabled_before", [True, False])
+def test_the_cyclic_collector_is_paused_while_building(project, enabled_before):
+    import gc
+
+    seen = []
+
+    def scanner(should_skip):
+        seen.append(("scan", gc.isenabled()))
+        yield "a.txt", lambda: io.BytesIO(b"a")
+
+    class Recording(io.BytesIO):
+        def write(self, data):
+            seen.append(("write", gc.isenabled()))
+            return super().write(data)
+
+    was = gc.isenabled()
+    (gc.enable if enabled_before else gc.disable)()
+    try:
+        build_bundle(project, include_source=scanner, gitcommit=False, stream=Recording())
+        with TarballBuilder(Recording()) as builder:
+            builder.add_virtual("b.txt", b"b")
+        after = gc.isenabled()
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert seen[0] == ("scan", False)
+    assert {kind for kind, _ in seen} == {"scan", "write"}
+    assert not any(enabled for _, enabled in seen)
+    assert after is enabled_before
