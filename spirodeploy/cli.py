@@ -130,15 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, printer) -> int:
-    from .builder import build_bundle
     from .checks import check_name
-    from .deploy import deploy, deploy_file
-    from .settings import Settings
 
     check_name("project", args.project)
     check_name("deployment", args.deployment)
     settings = None
     if not args.dry_run:
+        from .settings import Settings
+
         # Settings before bundling: a bad token should not wait for a big build.
         settings = Settings.resolve(
             server=args.server, token=args.token, token_file=args.token_file,
@@ -153,12 +152,16 @@ def _run(args: argparse.Namespace, printer) -> int:
     if args.bundle:
         if args.dry_run:
             raise UsageError("--bundle cannot be combined with --dry-run")
+        from .deploy import deploy_file
+
         report = deploy_file(args.bundle, args.project, args.deployment, settings,
                              highstate=args.highstate, **callbacks)
         printer.finish(report)
         return int(report.exit_code)
 
     if args.dry_run:
+        from .builder import build_bundle  # and nothing of the network side
+
         # The same files as a real deploy would send: the token file stays out.
         token_files = [path for path in (args.token_file, os.environ.get("SPIRO_TOKEN_FILE"))
                        if path]
@@ -169,6 +172,8 @@ def _run(args: argparse.Namespace, printer) -> int:
                 printer.warn(warning)
             printer.bundle(bundle, verbose=args.manifest)
         return ExitCode.OK
+
+    from .deploy import deploy
 
     report = deploy(
         args.project, args.deployment, settings, root=args.directory, artifacts=args.artifact,

@@ -11,9 +11,10 @@ import json
 import os
 import sys
 from collections import Counter
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from .report import KNOWN_EVENTS, DeployReport, MinionResult
+if TYPE_CHECKING:  # a build-only run (--dry-run) never needs the report module
+    from .report import DeployReport, MinionResult
 
 _CODES = {"red": "31", "green": "32", "yellow": "33", "cyan": "36", "bold": "1", "dim": "2"}
 
@@ -88,6 +89,8 @@ class HumanPrinter:
             if minion is not None:
                 self.minion(minion)
             return
+        from .report import KNOWN_EVENTS
+
         message = str(data.get("msg", ""))
         if event == "exception":
             self.line(self.paint(f"Server error: {message.strip()}", "red", "bold"))

@@ -231,6 +231,18 @@ def test_help_is_fast_and_imports_nothing_heavy():
     assert "exit codes:" in out and "HEAVY []" in out
 
 
+def test_a_dry_run_imports_nothing_of_the_network_side(project):
+    # A build-only run (the benchmark's, CI's bundle step) pays for no HTTP stack.
+    code = ("import sys; from spirodeploy.cli import main\n"
+            "code = main(['-C', sys.argv[1], '--dry-run', 'proj', 'prod'])\n"
+            "net = [m for m in ('requests', 'urllib3', 'spirodeploy.client',"
+            " 'spirodeploy.deploy', 'spirodeploy.report') if m in sys.modules]\n"
+            "print('EXIT', code, 'NET', net)")
+    out = subprocess.run([sys.executable, "-c", code, str(project)], env=_env(),
+                         capture_output=True, text=True, check=True).stdout
+    assert "Bundle: 2 files" in out and "EXIT 0 NET []" in out
+
+
 @pytest.mark.parametrize("when,expect", [
     ("streaming", "the server has the new bundle and may be deploying it"),
 ])
