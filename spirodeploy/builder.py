@@ -849,18 +849,18 @@ class _ForkedTail:
         import marshal
 
         self.segment = tempfile.TemporaryFile(prefix="spirodeploy-part-", buffering=0)
-        read_end, write_end = os.pipe()
+        # The child's records go through a file, not a pipe: several MB through
+        # a 64 KiB pipe would make the two processes take turns.
+        self._results = tempfile.TemporaryFile(prefix="spirodeploy-part-", buffering=0)
         try:
             self.pid = os.fork()
         except BaseException:
-            os.close(read_end)
-            os.close(write_end)
             self.segment.close()
+            self._results.close()
             raise
         if self.pid == 0:  # pragma: no cover - runs in the child (coverage cannot see it)
             status = 1
             try:
-                os.close(read_end)
                 w = _TarWriter(self.segment, mtime, excluded, hashing=False, threaded=False)
                 try:
                     w.write_entries(names[start:], entries)
@@ -870,36 +870,26 @@ class _ForkedTail:
                     raise
                 lines, body = manifest_parts(w.files)
                 payload = marshal.dumps((size, w.files, w.gitcommit, lines, body))
-                _write_all(partial(os.write, write_end), memoryview(payload))
+                _write_all(partial(os.write, self._results.fileno()), memoryview(payload))
                 status = 0
             except BaseException:
                 pass
             finally:
                 os._exit(status)
-        os.close(write_end)
-        self._pipe = read_end
 
     def collect(self) -> Optional[tuple]:
         """Wait for the child; None if it failed, else ``(segment size, records,
         gitcommit, *manifest_parts(records))``."""
         import marshal
 
-        chunks = []
-        try:
-            while True:
-                data = os.read(self._pipe, MiB)
-                if not data:
-                    break
-                chunks.append(data)
-        finally:
-            os.close(self._pipe)
-            self._pipe = None
-            _pid, status = os.waitpid(self.pid, 0)
-            self.pid = None
-        if status != 0 or not chunks:
+        _pid, status = os.waitpid(self.pid, 0)
+        self.pid = None
+        if status != 0:
             return None
+        fd = self._results.fileno()
+        payload = os.pread(fd, os.fstat(fd).st_size, 0)
         try:
-            return marshal.loads(b"".join(chunks))
+            return marshal.loads(payload)
         except (EOFError, ValueError, TypeError):
             return None
 
@@ -926,9 +916,7 @@ class _ForkedTail:
                 pass
             os.waitpid(self.pid, 0)
             self.pid = None
-        if self._pipe is not None:
-            os.close(self._pipe)
-            self._pipe = None
+        self._results.close()
         self.segment.close()
 
 
