@@ -339,3 +339,16 @@ def test_token_for_another_project_is_refused_before_bundling(cli, fake_server, 
     code, out, err = cli("proj", "prod", "--insecure", "--token", other, "--output", str(output))
     assert code == ExitCode.AUTH and "may not deploy project 'proj'" in err
     assert "Deploying" not in out and not output.exists() and fake_server.received == []
+
+
+def test_the_bundle_summary_counts_files_by_top_level_directory(cli, project):
+    for rel in ("a/x.sls", "a/y/z.sls", "a-b.sls", "a.b/c.sls", "a0/d.sls", "b/e.sls"):
+        path = project / "_salt" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x: {}\n")
+    code, out, _ = cli("proj", "prod", "--dry-run")
+    assert code == 0
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+              if line.startswith("  ") and line.rstrip().endswith(" files")}
+    # top.sls, hello.sls and a-b.sls are at the root; the rest by directory
+    assert counts == {"(root)": 3, "a": 2, "a.b": 1, "a0": 1, "b": 1}
