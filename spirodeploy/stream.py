@@ -109,6 +109,8 @@ class BundleStream:
 class _QueueWriter:
     """The write-only file the build writes into; each write becomes one block."""
 
+    whole_writes = True  # the builder hands each of its buffers in one write
+
     def __init__(self, stream: BundleStream):
         self._stream = stream
 
