@@ -111,8 +111,9 @@ _NBUFFERS = 4              # output buffers in flight (bounds memory)
 _SMALL = 256 * 1024        # files up to this size are read in one call
 # Largest write() into a file.  Writing a 1 GiB bundle in 1 MiB calls made
 # the kernel's copy into the page cache 2-5x slower in one run out of two on
-# the benchmark VM (large page-cache folios on fresh host memory); 256 KiB
-# calls were always fast, and cost nothing measurable elsewhere.
+# the benchmark VM (our guess: large page-cache folios on host memory not yet
+# faulted in); 256 KiB calls were fast in every A/B run and cost nothing
+# measurable elsewhere.
 _WRITE_MAX = 256 * 1024
 _BLOCK = 512
 _RECORD = 20 * _BLOCK      # tar record size (what tarfile and GNU tar pad to)
