@@ -1221,6 +1221,7 @@ def git_scanner(should_skip: Callable[[str], bool],
                 if base in VCS_DIRS or should_skip(lname):
                     continue
                 shown = _join_show(root_shown, lname)
+                target = p
                 if p in links:
                     target_text = links[p]
                     try:
@@ -1231,25 +1232,18 @@ def git_scanner(should_skip: Callable[[str], bool],
                                              _show(target_text))) from None
                     except LinkLoop:
                         raise BundleError("symlink loop at %s" % _show(shown)) from None
-                    if target in files:
-                        off, size, mode = files[target]
-                        yield lname, _SliceOpener(holder, off, size, mode, shown)
-                    elif target in dirs:
-                        if target in active:
-                            raise BundleError("symlink loop: %s leads back into itself"
-                                              % _show(shown))
-                        yield from walk(lname, target, active | {target})
-                    else:
+                    if target not in files and target not in dirs:
                         raise BundleError("%s is a broken symlink (its target %s is not in "
                                           "the commit)" % (_show(shown), _show(target_text)))
-                elif p in files:
-                    off, size, mode = files[p]
+                # A symlink to a file or directory is bundled like its target.
+                if target in files:
+                    off, size, mode = files[target]
                     yield lname, _SliceOpener(holder, off, size, mode, shown)
-                elif p in dirs:
-                    if p in active:
+                elif target in dirs:
+                    if target in active:
                         raise BundleError("symlink loop: %s leads back into itself"
                                           % _show(shown))
-                    yield from walk(lname, p, active | {p})
+                    yield from walk(lname, target, active | {target})
 
         yield from walk("", "", frozenset({""}))
     finally:
