@@ -75,8 +75,8 @@ from functools import partial
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional, Tuple
 
 from .errors import BundleError
-from .manifest import (MANIFEST_NAME, build_manifest, diff_manifests, manifest_parts,
-                       read_manifest)
+from .manifest import (MANIFEST_NAME, Contents, diff_manifests, manifest_parts, read_manifest,
+                       serialise_manifest)
 from .tarcheck import LinkLoop, PathEscapes, resolve_in_archive
 
 __all__ = [
@@ -470,11 +470,14 @@ class _Sink:
     def _consume(self, item) -> None:
         if item is None:
             return
-        buf, n = item
+        if type(item) is threading.Event:
+            item.set()
+            return
+        buf, n, hashed = item
         if self._error is None:
             try:
                 mv = memoryview(buf)[:n]
-                if self.sha is not None:
+                if self.sha is not None and not hashed:
                     self.sha.update(mv)
                 _write_all(self._out.write, mv, self._write_max)
                 del mv
@@ -488,12 +491,12 @@ class _Sink:
             raise BundleError("cannot write the bundle: %s" % (e.strerror or e)) from e
         raise e
 
-    def _flush(self):
+    def _flush(self, hashed: bool = False):
         if self._error is not None:
             self._raise()
         if not self.fill:
             return
-        self._todo.put((self._buf, self.fill))
+        self._todo.put((self._buf, self.fill, hashed))
         self._flushed += self.fill
         self._buf = self._free.get()
         self._mv = memoryview(self._buf)
@@ -526,6 +529,33 @@ class _Sink:
 
     def commit(self, n: int) -> None:
         self.fill += n
+
+    def copy_from(self, fd: int, size: int) -> None:
+        """Append ``size`` bytes of file ``fd`` (from its start).
+
+        With a writer thread, this thread hashes each block and the writer
+        only writes it, so the two run side by side; blocks queued before
+        are hashed first (their turn comes before this call starts hashing).
+        """
+        hash_here = self._thread is not None and self.sha is not None
+        if hash_here:
+            self._flush()
+            drained = threading.Event()
+            self._todo.put(drained)
+            drained.wait()
+        pos = 0
+        while pos < size:
+            if self.fill == self._chunk:
+                self._flush(hashed=hash_here)
+            tail = self._mv[self.fill:self.fill + size - pos]
+            got = os.preadv(fd, [tail], pos)
+            if not got:
+                raise BundleError("internal temporary file of the bundle is truncated")
+            if hash_here:
+                self.sha.update(tail[:got])
+            self.fill += got
+            pos += got
+        self._flush(hashed=hash_here)
 
     def close(self) -> Tuple[str, int]:
         try:
@@ -863,15 +893,26 @@ class _ForkedTail:
         # The child's records go through a file, not a pipe: several MB through
         # a 64 KiB pipe would make the two processes take turns.
         self._results = tempfile.TemporaryFile(prefix="spirodeploy-part-", buffering=0)
+        # The child says "done" on a pipe before it exits: tearing down a
+        # forked address space takes a while, and the results are ready first.
+        try:
+            self._done_r, done_w = os.pipe()
+        except BaseException:
+            self.segment.close()
+            self._results.close()
+            raise
         try:
             self.pid = os.fork()
         except BaseException:
+            os.close(self._done_r)
+            os.close(done_w)
             self.segment.close()
             self._results.close()
             raise
         if self.pid == 0:  # pragma: no cover - runs in the child (coverage cannot see it)
             status = 1
             try:
+                os.close(self._done_r)
                 w = _TarWriter(self.segment, mtime, excluded, hashing=False, threaded=False)
                 try:
                     w.write_entries(names[start:], entries)
@@ -880,22 +921,33 @@ class _ForkedTail:
                     w.sink.abort()
                     raise
                 lines, body = manifest_parts(w.files)
-                payload = marshal.dumps((size, w.files, w.gitcommit, lines, body))
+                # The records go as one opaque blob: the parent only unpacks
+                # them if someone asks for the manifest dict.
+                payload = marshal.dumps((size, w.gitcommit, (lines, body),
+                                         Contents.summarise(w.files), marshal.dumps(w.files)))
                 _write_all(partial(os.write, self._results.fileno()), memoryview(payload))
+                os.write(done_w, b"1")
                 status = 0
             except BaseException:
                 pass
             finally:
                 os._exit(status)
+        os.close(done_w)
 
     def collect(self) -> Optional[tuple]:
-        """Wait for the child; None if it failed, else ``(segment size, records,
-        gitcommit, *manifest_parts(records))``."""
+        """Wait for the child's results; None if it failed, else ``(segment size,
+        gitcommit, manifest_parts(records), Contents.summarise(records),
+        marshal.dumps(records))``."""
         import marshal
 
-        _pid, status = os.waitpid(self.pid, 0)
-        self.pid = None
-        if status != 0:
+        while True:
+            try:
+                done = os.read(self._done_r, 1)
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries already
+                continue
+        if done != b"1":  # the pipe closed without a word: the child failed
+            self._reap()
             return None
         fd = self._results.fileno()
         payload = os.pread(fd, os.fstat(fd).st_size, 0)
@@ -906,27 +958,23 @@ class _ForkedTail:
 
     def append_to(self, sink: "_Sink", size: int) -> None:
         """Copy the child's segment into ``sink`` (which hashes and writes it)."""
-        fd = self.segment.fileno()
-        pos = 0
-        while pos < size:
-            tail = sink.tail(1)
-            if len(tail) > size - pos:
-                tail = tail[:size - pos]
-            got = os.preadv(fd, [tail], pos)
-            if not got:
-                raise BundleError("internal temporary file of the bundle is truncated")
-            sink.commit(got)
-            pos += got
+        sink.copy_from(self.segment.fileno(), size)
+
+    def _reap(self) -> None:
+        if self.pid is not None:
+            os.waitpid(self.pid, 0)
+            self.pid = None
 
     def close(self) -> None:
-        """Stop the child if it still runs, and drop the segment."""
+        """Stop the child if it still runs (or is still exiting), reap it, and
+        drop the segment."""
         if self.pid is not None:
             try:
                 os.kill(self.pid, 9)
             except OSError:
                 pass
-            os.waitpid(self.pid, 0)
-            self.pid = None
+        self._reap()
+        os.close(self._done_r)
         self._results.close()
         self.segment.close()
 
@@ -1300,6 +1348,12 @@ class TarballBuilder:
         self.root = root
         self._exclude_paths = list(exclude)
         self._state = "new"
+        self.contents: Optional[Contents] = None
+
+    @property
+    def manifest(self) -> Optional[dict]:
+        """The manifest dict of the written bundle (None before it is written)."""
+        return self.contents.manifest if self.contents is not None else None
 
     # -- context manager ----------------------------------------------------
     def __enter__(self) -> "TarballBuilder":
@@ -1343,7 +1397,7 @@ class TarballBuilder:
         self.salt_file_count = 0
         self.sha256 = None
         self.size = None
-        self.manifest = None
+        self.contents: Optional[Contents] = None
         self.file_count = None
         self._state = "open"
         return self
@@ -1585,35 +1639,40 @@ class TarballBuilder:
                 tail.close()
             raise
         try:
-            parts = None
+            segments = None  # [(records or their marshal dump, manifest parts, summary)]
             if tail is None:
                 w.write_entries(names, entries)
             else:
                 try:
                     w.write_entries(names[:split], entries)
-                    head_parts = manifest_parts(w.files)
+                    head = (w.files, manifest_parts(w.files), Contents.summarise(w.files))
                     done = tail.collect()
                     if done is None:
                         w.write_entries(names[split:], entries)
                     else:
-                        size, files, gitcommit, lines, body = done
+                        size, gitcommit, parts, summary, blob = done
                         tail.append_to(w.sink, size)
-                        w.files.extend(files)
                         w.gitcommit = w.gitcommit if gitcommit is None else gitcommit
-                        parts = [head_parts, (lines, body)]
+                        segments = [head, (blob, parts, summary)]
                 finally:
                     tail.close()
             # The entries are written: free them before the manifest is built.
             names = entries = None
             self._entries = {}
-            manifest, data = build_manifest(w.files, gitcommit=w.gitcommit, parts=parts)
-            w.files = None
+            if segments is None:
+                segments = [(w.files, manifest_parts(w.files), Contents.summarise(w.files))]
+            digest, data = serialise_manifest([parts for _r, parts, _s in segments],
+                                              gitcommit=w.gitcommit)
+            self.contents = Contents([records for records, _p, _s in segments], digest=digest,
+                                     gitcommit=w.gitcommit,
+                                     summaries=[summary for _r, _p, summary in segments])
+            w.files = segments = None
             self.sha256, self.size = w.finish(data)
         except BaseException:
             w.sink.abort()
+            self.contents = None
             raise
-        self.manifest = manifest
-        self.file_count = len(manifest["files"])
+        self.file_count = self.contents.count
         flush = getattr(self.buffer, "flush", None)
         if flush is not None:
             flush()
@@ -1643,30 +1702,46 @@ class Bundle:
 
     Attributes: ``file`` (seekable binary file at position 0; None for a
     bundle streamed without ``output``), ``sha256``,
-    ``size``, ``manifest`` (dict), ``file_count``, ``digest`` (content
-    digest), ``has_top`` (``top.sls`` or ``spirotop.sls`` at the root),
+    ``size``, ``manifest`` (dict, made on first use), ``file_count``,
+    ``digest`` (content digest), ``gitcommit`` (the ``.gitcommit`` text or
+    None), ``has_top`` (``top.sls`` or ``spirotop.sls`` at the root),
+    ``top_counts`` (files per top-level directory, ``""`` for the root),
     ``warnings`` (list of str) and ``path`` (the ``output`` file, or None).
     Close it (or use it as a context manager) to free the temporary file.
     """
 
-    def __init__(self, file: BinaryIO, *, sha256: str, size: int, manifest: dict,
+    def __init__(self, file: BinaryIO, *, sha256: str, size: int, contents: Contents,
                  warnings: list, path: Optional[str] = None):
         self.file = file
         self.sha256 = sha256
         self.size = size
-        self.manifest = manifest
+        self.contents = contents
         self.warnings = list(warnings)
         self.path = path
-        names = {f["path"] for f in manifest["files"]}
-        self.has_top = "top.sls" in names or "spirotop.sls" in names
+
+    @property
+    def manifest(self) -> dict:
+        return self.contents.manifest
 
     @property
     def file_count(self) -> int:
-        return len(self.manifest["files"])
+        return self.contents.count
+
+    @property
+    def has_top(self) -> bool:
+        return self.contents.has_top
+
+    @property
+    def top_counts(self) -> dict:
+        return self.contents.top_counts
 
     @property
     def digest(self) -> str:
-        return self.manifest["digest"]
+        return self.contents.digest
+
+    @property
+    def gitcommit(self) -> Optional[str]:
+        return self.contents.gitcommit
 
     def close(self) -> None:
         if self.file is not None:
@@ -1867,6 +1942,6 @@ def build_bundle(root=".", *, artifacts: Iterable = (), include_source=None,
         raise
     bundle = Bundle(out_file if stream is not None else builder.buffer,
                     sha256=builder.sha256, size=builder.size,
-                    manifest=builder.manifest, warnings=warnings,
+                    contents=builder.contents, warnings=warnings,
                     path=output if output is not None else None)
     return bundle

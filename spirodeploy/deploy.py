@@ -197,9 +197,8 @@ def bundle_warnings(bundle: Any, highstate: bool) -> list[str]:
 
 def bundle_info(bundle: Any) -> dict[str, Any]:
     """The bundle facts a report carries (``bundle`` is a builder ``Bundle``)."""
-    manifest = bundle.manifest or {}
     return {"sha256": bundle.sha256, "size": bundle.size, "file_count": bundle.file_count,
-            "digest": manifest.get("digest"), "gitcommit": manifest.get("gitcommit")}
+            "digest": bundle.digest, "gitcommit": bundle.gitcommit}
 
 
 def _interrupted(report: DeployReport, sent: int, total: int | None) -> Interrupted:

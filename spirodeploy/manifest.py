@@ -41,6 +41,10 @@ __all__ = [
     "content_digest",
     "make_manifest",
     "build_manifest",
+    "serialise_manifest",
+    "manifest_dict",
+    "count_by_top",
+    "Contents",
     "dump_manifest",
     "read_manifest",
     "diff_manifests",
@@ -66,13 +70,10 @@ def content_digest(files: Iterable[Mapping[str, Any]]) -> str:
 def make_manifest(files: Sequence[Mapping[str, Any]], *, gitcommit: str | None = None,
                   tool: str | None = None) -> dict:
     """Build the manifest dict for ``files`` (dicts with path, size, sha256, mode)."""
-    if tool is None:
-        from . import __version__
-        tool = "spiro-deploy %s" % __version__
     files = sorted(files, key=lambda f: f["path"])
     return {
         "format": MANIFEST_FORMAT,
-        "tool": tool,
+        "tool": _tool(tool),
         "gitcommit": gitcommit,
         "digest": content_digest(files),
         "files": [dict(path=f["path"], size=f["size"], sha256=f["sha256"], mode=f["mode"])
@@ -101,6 +102,35 @@ def manifest_parts(records: Sequence[Tuple[str, int, str, int]]) -> Tuple[bytes,
     return b"".join(lines), b",".join(body)
 
 
+def serialise_manifest(parts: Sequence[Tuple[bytes, bytes]], *, gitcommit: str | None = None,
+                       tool: str | None = None) -> Tuple[str, bytes]:
+    """The content digest and the serialised manifest, from :func:`manifest_parts`.
+
+    ``parts``: the parts of consecutive slices of the sorted records, in
+    order.  The bytes are exactly :func:`dump_manifest` of the manifest dict
+    (:func:`manifest_dict`), produced without making that dict.
+    """
+    from json.encoder import encode_basestring_ascii as enc
+
+    h = hashlib.sha256()
+    for lines, _body in parts:
+        h.update(lines)
+    digest = h.hexdigest()
+    head = ('{"digest":"%s","files":[' % digest).encode("ascii")
+    tail = '],"format":%d,"gitcommit":%s,"tool":%s}\n' % (
+        MANIFEST_FORMAT, "null" if gitcommit is None else enc(gitcommit), enc(_tool(tool)))
+    body = b",".join([b for _lines, b in parts if b])
+    return digest, b"".join([head, body, tail.encode("ascii")])
+
+
+def manifest_dict(records: Iterable[Tuple[str, int, str, int]], *, digest: str,
+                  gitcommit: str | None = None, tool: str | None = None) -> dict:
+    """The manifest dict for ``(path, size, sha256, mode)`` records sorted by path."""
+    files = [{"path": p, "size": s, "sha256": d, "mode": m} for p, s, d, m in records]
+    return {"format": MANIFEST_FORMAT, "tool": _tool(tool), "gitcommit": gitcommit,
+            "digest": digest, "files": files}
+
+
 def build_manifest(records: Sequence[Tuple[str, int, str, int]], *,
                    gitcommit: str | None = None, tool: str | None = None,
                    parts: Sequence[Tuple[bytes, bytes]] | None = None) -> Tuple[dict, bytes]:
@@ -111,25 +141,99 @@ def build_manifest(records: Sequence[Tuple[str, int, str, int]], *,
     ``parts``: :func:`manifest_parts` of consecutive slices of ``records``,
     already made.
     """
+    if parts is None:
+        parts = [manifest_parts(records)]
+    digest, data = serialise_manifest(parts, gitcommit=gitcommit, tool=tool)
+    return manifest_dict(records, digest=digest, gitcommit=gitcommit, tool=tool), data
+
+
+def _tool(tool: str | None) -> str:
     if tool is None:
         from . import __version__
         tool = "spiro-deploy %s" % __version__
-    from json.encoder import encode_basestring_ascii as enc
+    return tool
 
-    if parts is None:
-        parts = [manifest_parts(records)]
-    h = hashlib.sha256()
-    for lines, _body in parts:
-        h.update(lines)
-    digest = h.hexdigest()
-    files = [{"path": p, "size": s, "sha256": d, "mode": m} for p, s, d, m in records]
-    manifest = {"format": MANIFEST_FORMAT, "tool": tool, "gitcommit": gitcommit,
-                "digest": digest, "files": files}
-    head = ('{"digest":"%s","files":[' % digest).encode("ascii")
-    tail = '],"format":%d,"gitcommit":%s,"tool":%s}\n' % (
-        MANIFEST_FORMAT, "null" if gitcommit is None else enc(gitcommit), enc(tool))
-    body = b",".join([b for _lines, b in parts if b])
-    return manifest, b"".join([head, body, tail.encode("ascii")])
+
+#: Files at the bundle root that make a highstate apply something.
+TOP_FILES = ("top.sls", "spirotop.sls")
+
+
+def count_by_top(paths: Sequence[str]) -> dict[str, int]:
+    """How many of ``paths`` are in each top-level directory ("" for the root).
+
+    Paths under one directory are neighbours once sorted (they usually are
+    already), so each directory is counted with one bisection rather than a
+    look at each of its files.
+    """
+    from bisect import bisect_left
+
+    paths = sorted(paths)
+    tops: dict[str, int] = {}
+    i, n = 0, len(paths)
+    while i < n:
+        head, sep, _ = paths[i].partition("/")
+        if sep:
+            end = bisect_left(paths, head + "0", i)  # "0" is the character after "/"
+        else:
+            head, end = "", i + 1
+        tops[head] = tops.get(head, 0) + end - i
+        i = end
+    return tops
+
+
+class Contents:
+    """What a built bundle holds, and its manifest, made only when read.
+
+    ``segments``: the ``(path, size, sha256, mode)`` records of the members
+    in path order, as consecutive lists (or :mod:`marshal` dumps of lists,
+    as the builder's forked child hands them back).  The facts every caller
+    needs (``count``, ``has_top``, ``top_counts``, ``digest``, ``gitcommit``)
+    are plain attributes; :attr:`manifest` turns the records into one small
+    dict per file, which for 50,000 files costs more than writing the
+    manifest did, so it waits until someone asks.
+    """
+
+    def __init__(self, segments: Sequence[Any], *, digest: str, gitcommit: str | None,
+                 tool: str | None = None, summaries: Sequence[Tuple[int, bool, dict]] = ()):
+        self._segments = list(segments)
+        self.digest = digest
+        self.gitcommit = gitcommit
+        self.tool = _tool(tool)
+        self.count = 0
+        self.has_top = False
+        self.top_counts: dict[str, int] = {}
+        for count, has_top, tops in summaries:
+            self.count += count
+            self.has_top = self.has_top or has_top
+            for head, n in tops.items():
+                self.top_counts[head] = self.top_counts.get(head, 0) + n
+        self._manifest: dict | None = None
+
+    @staticmethod
+    def summarise(records: Sequence[Tuple[str, int, str, int]]) -> Tuple[int, bool, dict]:
+        """``(count, has_top, top_counts)`` of one segment, for ``summaries``."""
+        from bisect import bisect_left
+
+        paths = sorted([r[0] for r in records])
+        has_top = False
+        for name in TOP_FILES:
+            i = bisect_left(paths, name)
+            has_top = has_top or (i < len(paths) and paths[i] == name)
+        return len(paths), has_top, count_by_top(paths)
+
+    @property
+    def manifest(self) -> dict:
+        """The manifest dict (made on first use, then kept)."""
+        if self._manifest is None:
+            import marshal
+
+            records: list = []
+            for segment in self._segments:
+                records.extend(marshal.loads(segment) if isinstance(segment, bytes) else segment)
+            self._manifest = manifest_dict(records, digest=self.digest,
+                                           gitcommit=self.gitcommit, tool=self.tool)
+            self._segments = []
+        return self._manifest
 
 
 def dump_manifest(manifest: Mapping[str, Any]) -> bytes:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections import Counter
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # a build-only run (--dry-run) never needs the report module
@@ -25,30 +24,6 @@ def use_colour(stream: IO[str], environ=os.environ) -> bool:
         return False
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty()) and environ.get("TERM") != "dumb"
-
-
-def _count_by_top(paths: list[str]) -> Counter:
-    """How many paths are in each top-level directory ("(root)" for none).
-
-    Paths under one directory are neighbours once sorted (the list usually is
-    already), so each directory is counted with one bisection rather than a
-    look at each of its files.
-    """
-    from bisect import bisect_left
-
-    paths = sorted(paths)
-    tops: Counter = Counter()
-    i, n = 0, len(paths)
-    while i < n:
-        head, sep, _ = paths[i].partition("/")
-        if sep:
-            end = bisect_left(paths, head + "0", i)  # "0" is the character after "/"
-            tops[head] += end - i
-            i = end
-        else:
-            tops["(root)"] += 1
-            i += 1
-    return tops
 
 
 class HumanPrinter:
@@ -79,12 +54,10 @@ class HumanPrinter:
         """What was bundled: counts, size, digest and, if asked, the files."""
         self.line(f"Bundle: {bundle.file_count} files, {_size(bundle.size)}, "
                   f"sha256 {bundle.sha256}")
-        files = bundle.manifest.get("files", [])
-        tops = _count_by_top([entry["path"] for entry in files])
-        for head, count in sorted(tops.items()):
-            self.line(f"  {head:<24} {count} files")
+        for head, count in sorted(bundle.top_counts.items()):
+            self.line(f"  {head or '(root)':<24} {count} files")
         if verbose:
-            for entry in files:
+            for entry in bundle.manifest["files"]:
                 self.line(f"  {entry['sha256'][:12]}  {entry['size']:>10}  {entry['path']}")
 
     def deploying(self, bundle: Any, project: str, deployment: str) -> None:

@@ -24,7 +24,8 @@ from spirodeploy import builder as B
 from spirodeploy.builder import (DEFAULT_MTIME, Bundle, TarballBuilder, build_bundle,
                                  diff_manifests, fs_scanner, git_scanner, read_manifest)
 from spirodeploy.errors import BundleError, UsageError
-from spirodeploy.manifest import build_manifest, content_digest, dump_manifest, make_manifest
+from spirodeploy.manifest import (build_manifest, content_digest, dump_manifest, make_manifest,
+                                  serialise_manifest)
 
 MiB = 1 << 20
 HAVE_GIT = shutil.which("git") is not None
@@ -448,6 +449,25 @@ def test_build_manifest_matches_json_dumps():
     assert manifest == make_manifest(manifest["files"], gitcommit="x\ny\u2603")
     assert json.loads(data) == manifest
 
+
+
+def test_contents_add_up_segments_and_make_the_manifest_on_demand():
+    import marshal
+
+    from spirodeploy.manifest import Contents, manifest_parts
+
+    head = [("_salt/x.sls", 1, "aa" * 32, 0o644), ("a/b", 2, "bb" * 32, 0o644)]
+    tail = [("a/c", 3, "cc" * 32, 0o755), ("a0", 4, "dd" * 32, 0o644),
+            ("spirotop.sls", 5, "ee" * 32, 0o644)]
+    whole, data = build_manifest(head + tail, gitcommit="c")
+    contents = Contents([head, marshal.dumps(tail)], digest=whole["digest"], gitcommit="c",
+                        summaries=[Contents.summarise(head), Contents.summarise(tail)])
+    assert (contents.count, contents.has_top) == (5, True)
+    assert contents.top_counts == {"_salt": 1, "a": 2, "": 2}
+    assert contents.manifest == whole and contents.manifest is contents.manifest
+    assert serialise_manifest([manifest_parts(head), manifest_parts(tail)],
+                              gitcommit="c") == (whole["digest"], data)
+    assert not Contents.summarise(head)[1]  # neither top.sls nor spirotop.sls
 
 def test_digest_independent_of_tar_bytes(project):
     with TarballBuilder(mtime=1) as b1:

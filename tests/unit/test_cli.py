@@ -352,3 +352,17 @@ def test_the_bundle_summary_counts_files_by_top_level_directory(cli, project):
               if line.startswith("  ") and line.rstrip().endswith(" files")}
     # top.sls, hello.sls and a-b.sls are at the root; the rest by directory
     assert counts == {"(root)": 3, "a": 2, "a.b": 1, "a0": 1, "b": 1}
+
+
+def test_a_dry_run_does_not_make_the_manifest_dict_unless_asked(cli, project, monkeypatch):
+    # One dict per file costs more than writing a 50,000-file manifest did;
+    # the summary needs none of them (Contents keeps them for whoever asks).
+    from spirodeploy import manifest
+
+    made = []
+    real = manifest.manifest_dict
+    monkeypatch.setattr(manifest, "manifest_dict", lambda *a, **k: made.append(1) or real(*a, **k))
+    code, out, _ = cli("proj", "prod", "--dry-run")
+    assert code == 0 and "top.sls" not in out and made == []
+    code, out, _ = cli("proj", "prod", "--dry-run", "--manifest")
+    assert code == 0 and "top.sls" in out and made == [1]

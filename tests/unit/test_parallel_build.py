@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshal
 import os
 import threading
 
@@ -64,35 +65,42 @@ def forks(monkeypatch):
     return results
 
 
-def serial_bytes(project, tmp_path, monkeypatch, name="serial.tar"):
+def serial_build(project, tmp_path, monkeypatch, name="serial.tar"):
+    """The bytes and the bundle of the same build in one process."""
     with monkeypatch.context() as m:
         m.setattr(B, "_PARALLEL_MIN", 10 ** 9)
         out = tmp_path / name
         bundle = build_bundle(project, include_source="fs", output=out)
         bundle.close()
-        return out.read_bytes(), bundle.sha256
+        return out.read_bytes(), bundle
 
 
 def test_two_processes_write_the_same_bytes_as_one(tmp_path, monkeypatch, forks):
     project = make_tree(tmp_path / "proj")
-    expected, expected_sha = serial_bytes(project, tmp_path, monkeypatch)
+    expected, serial = serial_build(project, tmp_path, monkeypatch)
 
     out = tmp_path / "parallel.tar"
     bundle = build_bundle(project, include_source="fs", output=out)
 
     assert len(forks) == 1 and forks[0] is not None, "the child did not deliver its half"
-    size, records, _gitcommit, _lines, _body = forks[0]
+    size, _gitcommit, _parts, (count, has_top, _tops), blob = forks[0]
+    records = marshal.loads(blob)
     assert size > B._SMALL and any(r[0].startswith("_source/src/zz/") for r in records)
+    assert count == len(records) and has_top  # top.sls sorts after _source/: the child's
     assert out.read_bytes() == expected
-    assert bundle.sha256 == expected_sha
+    assert bundle.sha256 == serial.sha256
+    # what the two halves reported adds up to what one process saw
     assert bundle.file_count == len(bundle.manifest["files"]) == 300 + 2 + 6
+    assert bundle.manifest == serial.manifest
+    assert bundle.top_counts == serial.top_counts == {"": 2, "_source": 306}
+    assert bundle.has_top
     with pytest.raises(ChildProcessError):  # the child was reaped
         os.waitpid(forks.pids[0], os.WNOHANG)
 
 
 def test_a_failing_child_leaves_the_work_to_the_parent(tmp_path, monkeypatch, forks):
     project = make_tree(tmp_path / "proj")
-    expected, _sha = serial_bytes(project, tmp_path, monkeypatch)
+    expected, _bundle = serial_build(project, tmp_path, monkeypatch)
     parent = os.getpid()
     real_parts = B.manifest_parts
 
@@ -141,7 +149,7 @@ def test_small_trees_are_written_by_one_process():
 
 def test_a_failed_fork_falls_back_to_one_process(tmp_path, monkeypatch, forks):
     project = make_tree(tmp_path / "proj")
-    expected, _sha = serial_bytes(project, tmp_path, monkeypatch)
+    expected, _bundle = serial_build(project, tmp_path, monkeypatch)
 
     def no_fork():
         raise BlockingIOError(11, "Resource temporarily unavailable")
