@@ -72,11 +72,11 @@ import stat
 import tempfile
 import threading
 from functools import partial
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, NamedTuple, Optional, Tuple
 
 from .errors import BundleError
-from .manifest import (MANIFEST_NAME, Contents, diff_manifests, manifest_parts, read_manifest,
-                       serialise_manifest)
+from .manifest import (MANIFEST_NAME, Contents, diff_manifests, manifest_chunks, manifest_parts,
+                       read_manifest)
 from .tarcheck import LinkLoop, PathEscapes, resolve_in_archive
 
 __all__ = [
@@ -421,6 +421,28 @@ def _write_all(write, mv, most: int = _WRITE_MAX) -> None:
         mv = mv[n:]
 
 
+class _FileRange(NamedTuple):
+    """``size`` bytes of the open file ``fd`` from ``offset``; a manifest chunk."""
+
+    fd: int
+    offset: int
+    size: int
+
+    def __len__(self) -> int:  # what manifest_chunks and the tar header measure
+        return self.size
+
+    def pieces(self, block: int = _CHUNK) -> Iterator[memoryview]:
+        """The bytes, read into one reused buffer (views valid until the next)."""
+        mv = memoryview(bytearray(min(block, self.size)))
+        pos, end = self.offset, self.offset + self.size
+        while pos < end:
+            got = os.preadv(self.fd, [mv[:end - pos]], pos)
+            if not got:
+                raise BundleError("internal temporary file of the bundle is truncated")
+            yield mv[:got]
+            pos += got
+
+
 class _Sink:
     """Collects tar bytes into large buffers; a worker thread hashes and writes them.
 
@@ -530,8 +552,8 @@ class _Sink:
     def commit(self, n: int) -> None:
         self.fill += n
 
-    def copy_from(self, fd: int, size: int) -> None:
-        """Append ``size`` bytes of file ``fd`` (from its start).
+    def copy_from(self, source: "_FileRange") -> None:
+        """Append the bytes of ``source``, a range of a file.
 
         With a writer thread, this thread hashes each block and the writer
         only writes it, so the two run side by side; blocks queued before
@@ -543,11 +565,12 @@ class _Sink:
             drained = threading.Event()
             self._todo.put(drained)
             drained.wait()
-        pos = 0
-        while pos < size:
+        fd, pos, size = source
+        end = pos + size
+        while pos < end:
             if self.fill == self._chunk:
                 self._flush(hashed=hash_here)
-            tail = self._mv[self.fill:self.fill + size - pos]
+            tail = self._mv[self.fill:self.fill + end - pos]
             got = os.preadv(fd, [tail], pos)
             if not got:
                 raise BundleError("internal temporary file of the bundle is truncated")
@@ -856,11 +879,17 @@ class _TarWriter:
         if name == ".gitcommit" and size < 65536:
             self.gitcommit = os.pread(fd, size, offset).decode("utf-8", "replace")
 
-    def finish(self, manifest_bytes: bytes) -> Tuple[str, int]:
+    def finish(self, manifest: list) -> Tuple[str, int]:
+        """Write the manifest (:func:`manifest_chunks`: bytes and file ranges) and the end."""
         sink = self.sink
-        sink.write(self.header(MANIFEST_NAME, 0o644, len(manifest_bytes)))
-        sink.write(manifest_bytes)
-        sink.write(_ZEROS[:-len(manifest_bytes) % _BLOCK])
+        size = sum(map(len, manifest))
+        sink.write(self.header(MANIFEST_NAME, 0o644, size))
+        for chunk in manifest:
+            if type(chunk) is _FileRange:
+                sink.copy_from(chunk)
+            else:
+                sink.write(chunk)
+        sink.write(_ZEROS[:-size % _BLOCK])
         sink.write(_ZEROS[:2 * _BLOCK])          # end-of-archive marker
         sink.write(_ZEROS[:-sink.size % _RECORD])  # pad to a whole record
         return sink.close()
@@ -920,13 +949,23 @@ class _ForkedTail:
                 except BaseException:
                     w.sink.abort()
                     raise
-                lines, body = manifest_parts(w.files)
+                # Results file: the content-digest lines, the manifest's JSON
+                # objects (comma-joined), then the facts; each piece is written
+                # as it is made, so no whole-manifest string exists here.
+                out = self._results
+                put = partial(_write_all, out.write)
+                body = manifest_parts(w.files, lambda data: put(memoryview(data)))
+                lines_size = out.tell()
+                for i, piece in enumerate(body):
+                    put(memoryview(b"," if i else b""))
+                    put(memoryview(piece))
+                facts_at = out.tell()
                 # The records go as one opaque blob: the parent only unpacks
                 # them if someone asks for the manifest dict.
-                payload = marshal.dumps((size, w.gitcommit, (lines, body),
-                                         Contents.summarise(w.files), marshal.dumps(w.files)))
-                _write_all(partial(os.write, self._results.fileno()), memoryview(payload))
-                os.write(done_w, b"1")
+                put(memoryview(marshal.dumps((
+                    size, w.gitcommit, Contents.summarise(w.files), marshal.dumps(w.files),
+                    lines_size, facts_at - lines_size))))
+                os.write(done_w, b"%d\n" % facts_at)
                 status = 0
             except BaseException:
                 pass
@@ -936,29 +975,28 @@ class _ForkedTail:
 
     def collect(self) -> Optional[tuple]:
         """Wait for the child's results; None if it failed, else ``(segment size,
-        gitcommit, manifest_parts(records), Contents.summarise(records),
-        marshal.dumps(records))``."""
+        gitcommit, Contents.summarise(records), marshal.dumps(records), the
+        content-digest lines, the manifest's JSON objects)``, the last two as
+        :class:`_FileRange`."""
         import marshal
 
-        while True:
-            try:
-                done = os.read(self._done_r, 1)
-                break
-            except InterruptedError:  # pragma: no cover - PEP 475 retries already
-                continue
-        if done != b"1":  # the pipe closed without a word: the child failed
+        done = os.read(self._done_r, 32)
+        if not done.endswith(b"\n"):  # the pipe closed without a word: the child failed
             self._reap()
             return None
+        facts_at = int(done)
         fd = self._results.fileno()
-        payload = os.pread(fd, os.fstat(fd).st_size, 0)
         try:
-            return marshal.loads(payload)
+            size, gitcommit, summary, blob, lines_size, body_size = marshal.loads(
+                os.pread(fd, os.fstat(fd).st_size - facts_at, facts_at))
         except (EOFError, ValueError, TypeError):
             return None
+        return (size, gitcommit, summary, blob, _FileRange(fd, 0, lines_size),
+                _FileRange(fd, lines_size, body_size))
 
     def append_to(self, sink: "_Sink", size: int) -> None:
         """Copy the child's segment into ``sink`` (which hashes and writes it)."""
-        sink.copy_from(self.segment.fileno(), size)
+        sink.copy_from(_FileRange(self.segment.fileno(), 0, size))
 
     def _reap(self) -> None:
         if self.pid is not None:
@@ -1604,10 +1642,10 @@ class TarballBuilder:
                 close()
 
     # -- writing --------------------------------------------------------------
-    def _write(self) -> None:
+    def _sorted_names(self) -> list:
+        """The bundle's names in tar order; refuses a name that is also a directory."""
         entries = self._entries
         names = sorted(entries)
-        # A name may not be both a file and a directory of other files.
         parents = {n.rpartition("/")[0] for n in names}
         parents.discard("")
         for p in list(parents):
@@ -1622,6 +1660,11 @@ class TarballBuilder:
         if clash:
             n = min(clash)
             raise BundleError("%s is both a file and a directory in the bundle" % _show(n))
+        return names
+
+    def _write(self) -> None:
+        entries = self._entries
+        names = self._sorted_names()
         if self._staging is not None:
             self._staging.file.flush()
         split = _fork_split(names)
@@ -1634,51 +1677,54 @@ class TarballBuilder:
                 tail = None
         try:
             w = _TarWriter(self.buffer, self.mtime, self._excluded)
-        except BaseException:
-            if tail is not None:
-                tail.close()
-            raise
-        try:
-            segments = None  # [(records or their marshal dump, manifest parts, summary)]
-            if tail is None:
-                w.write_entries(names, entries)
-            else:
-                try:
+            try:
+                segments = []  # (records or their marshal dump, Contents.summarise(records))
+                content = hashlib.sha256()  # the manifest's content digest
+                body: list = []  # the manifest's JSON objects, in pieces
+                if tail is None:
+                    w.write_entries(names, entries)
+                else:
                     w.write_entries(names[:split], entries)
-                    head = (w.files, manifest_parts(w.files), Contents.summarise(w.files))
+                    body += manifest_parts(w.files, content.update)
+                    segments.append((w.files, Contents.summarise(w.files)))
+                    w.files = []
                     done = tail.collect()
                     if done is None:
                         w.write_entries(names[split:], entries)
                     else:
-                        size, gitcommit, parts, summary, blob = done
+                        size, gitcommit, summary, blob, lines, child_body = done
                         tail.append_to(w.sink, size)
+                        for piece in lines.pieces():
+                            content.update(piece)
+                        body.append(child_body)
+                        segments.append((blob, summary))
                         w.gitcommit = w.gitcommit if gitcommit is None else gitcommit
-                        segments = [head, (blob, parts, summary)]
-                finally:
-                    tail.close()
-            # The entries are written: free them before the manifest is built.
-            names = entries = None
-            self._entries = {}
-            if segments is None:
-                segments = [(w.files, manifest_parts(w.files), Contents.summarise(w.files))]
-            digest, data = serialise_manifest([parts for _r, parts, _s in segments],
-                                              gitcommit=w.gitcommit)
-            self.contents = Contents([records for records, _p, _s in segments], digest=digest,
-                                     gitcommit=w.gitcommit,
-                                     summaries=[summary for _r, _p, summary in segments])
-            w.files = segments = None
-            self.sha256, self.size = w.finish(data)
-        except BaseException:
-            w.sink.abort()
-            self.contents = None
-            raise
+                if w.files:  # written here and not formatted yet
+                    body += manifest_parts(w.files, content.update)
+                    segments.append((w.files, Contents.summarise(w.files)))
+                # The entries are written: free them before the manifest is.
+                names = entries = w.files = None
+                self._entries = {}
+                digest = content.hexdigest()
+                self.contents = Contents([records for records, _s in segments], digest=digest,
+                                         gitcommit=w.gitcommit,
+                                         summaries=[summary for _r, summary in segments])
+                segments = None
+                self.sha256, self.size = w.finish(manifest_chunks(digest, body,
+                                                                  gitcommit=w.gitcommit))
+            except BaseException:
+                w.sink.abort()
+                self.contents = None
+                raise
+        finally:
+            if tail is not None:  # after finish: the child's manifest pieces are in its file
+                tail.close()
         self.file_count = self.contents.count
         flush = getattr(self.buffer, "flush", None)
         if flush is not None:
             flush()
         if self._start is not None:
             self.buffer.seek(self._start)
-
 
 def git_commit_info(root=".") -> Optional[bytes]:
     """Return the ``.gitcommit`` contents for ``root``, or None outside a checkout.

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, BinaryIO, Iterable, Mapping, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Callable, Iterable, Mapping, Sequence, Tuple, Union
 
 from .errors import BundleError
 
@@ -41,7 +41,8 @@ __all__ = [
     "content_digest",
     "make_manifest",
     "build_manifest",
-    "serialise_manifest",
+    "manifest_parts",
+    "manifest_chunks",
     "manifest_dict",
     "count_by_top",
     "Contents",
@@ -81,46 +82,50 @@ def make_manifest(files: Sequence[Mapping[str, Any]], *, gitcommit: str | None =
     }
 
 
-def manifest_parts(records: Sequence[Tuple[str, int, str, int]]) -> Tuple[bytes, bytes]:
-    """The costly pieces of a manifest for ``(path, size, sha256, mode)`` records.
+def manifest_parts(records: Sequence[Tuple[str, int, str, int]],
+                   lines: Callable[[bytes], Any]) -> list[bytes]:
+    """Format ``(path, size, sha256, mode)`` records for the manifest, in slices.
 
-    Returns ``(digest input, JSON file objects)`` as bytes.  The parts of
-    consecutive slices of the records can be made separately (the builder
-    makes one in each of its two processes) and given to
-    :func:`build_manifest` in order.
+    Each slice's content-digest input goes to ``lines`` (``sha.update``, or
+    a file's ``write``) as soon as it is made; the slices' JSON file objects
+    are returned, one bytes per slice, for :func:`manifest_chunks`.  The
+    records of consecutive segments can be formatted separately (the
+    builder does one in each of its two processes).  Nothing here joins the
+    whole manifest: at 50,000 files every fresh megabyte costs page faults.
     """
     from json.encoder import encode_basestring_ascii as enc
 
-    lines = []
     body = []
-    step = 4096  # in slices, so no whole-manifest temporary string is needed twice
+    step = 4096
     for i in range(0, len(records), step):
         part = records[i:i + step]
-        lines.append("".join(["%s\0%s\0%o\n" % (p, d, m) for p, _s, d, m in part]).encode("utf-8"))
+        lines("".join(["%s\0%s\0%o\n" % (p, d, m) for p, _s, d, m in part]).encode("utf-8"))
         body.append(",".join(['{"mode":%d,"path":%s,"sha256":"%s","size":%d}'
                               % (m, enc(p), d, s) for p, s, d, m in part]).encode("ascii"))
-    return b"".join(lines), b",".join(body)
+    return body
 
 
-def serialise_manifest(parts: Sequence[Tuple[bytes, bytes]], *, gitcommit: str | None = None,
-                       tool: str | None = None) -> Tuple[str, bytes]:
-    """The content digest and the serialised manifest, from :func:`manifest_parts`.
+def manifest_chunks(digest: str, body: Iterable[Any], *, gitcommit: str | None = None,
+                    tool: str | None = None) -> list:
+    """The serialised manifest as a list of chunks, around ``body``.
 
-    ``parts``: the parts of consecutive slices of the sorted records, in
-    order.  The bytes are exactly :func:`dump_manifest` of the manifest dict
-    (:func:`manifest_dict`), produced without making that dict.
+    ``digest``: the content digest (sha256 of every segment's ``lines``, in
+    order); ``body``: the JSON file objects (from :func:`manifest_parts`, or
+    any bytes-like pieces of them, each a whole number of objects).  Joined,
+    the chunks are exactly :func:`dump_manifest` of :func:`manifest_dict`.
     """
     from json.encoder import encode_basestring_ascii as enc
 
-    h = hashlib.sha256()
-    for lines, _body in parts:
-        h.update(lines)
-    digest = h.hexdigest()
-    head = ('{"digest":"%s","files":[' % digest).encode("ascii")
-    tail = '],"format":%d,"gitcommit":%s,"tool":%s}\n' % (
-        MANIFEST_FORMAT, "null" if gitcommit is None else enc(gitcommit), enc(_tool(tool)))
-    body = b",".join([b for _lines, b in parts if b])
-    return digest, b"".join([head, body, tail.encode("ascii")])
+    chunks: list = [('{"digest":"%s","files":[' % digest).encode("ascii")]
+    for piece in body:
+        if len(piece):
+            if len(chunks) > 1:
+                chunks.append(b",")
+            chunks.append(piece)
+    chunks.append(('],"format":%d,"gitcommit":%s,"tool":%s}\n' % (
+        MANIFEST_FORMAT, "null" if gitcommit is None else enc(gitcommit),
+        enc(_tool(tool)))).encode("ascii"))
+    return chunks
 
 
 def manifest_dict(records: Iterable[Tuple[str, int, str, int]], *, digest: str,
@@ -132,18 +137,16 @@ def manifest_dict(records: Iterable[Tuple[str, int, str, int]], *, digest: str,
 
 
 def build_manifest(records: Sequence[Tuple[str, int, str, int]], *,
-                   gitcommit: str | None = None, tool: str | None = None,
-                   parts: Sequence[Tuple[bytes, bytes]] | None = None) -> Tuple[dict, bytes]:
+                   gitcommit: str | None = None, tool: str | None = None) -> Tuple[dict, bytes]:
     """Build a manifest from ``(path, size, sha256, mode)`` records sorted by path.
 
     Returns ``(manifest dict, its serialised bytes)``; the bytes are exactly
     :func:`dump_manifest` of the dict, produced faster for large trees.
-    ``parts``: :func:`manifest_parts` of consecutive slices of ``records``,
-    already made.
     """
-    if parts is None:
-        parts = [manifest_parts(records)]
-    digest, data = serialise_manifest(parts, gitcommit=gitcommit, tool=tool)
+    content = hashlib.sha256()
+    body = manifest_parts(records, content.update)
+    digest = content.hexdigest()
+    data = b"".join(manifest_chunks(digest, body, gitcommit=gitcommit, tool=tool))
     return manifest_dict(records, digest=digest, gitcommit=gitcommit, tool=tool), data
 
 

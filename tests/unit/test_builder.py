@@ -25,7 +25,7 @@ from spirodeploy.builder import (DEFAULT_MTIME, Bundle, TarballBuilder, build_bu
                                  diff_manifests, fs_scanner, git_scanner, read_manifest)
 from spirodeploy.errors import BundleError, UsageError
 from spirodeploy.manifest import (build_manifest, content_digest, dump_manifest, make_manifest,
-                                  serialise_manifest)
+                                  manifest_chunks, manifest_parts)
 
 MiB = 1 << 20
 HAVE_GIT = shutil.which("git") is not None
@@ -451,10 +451,23 @@ def test_build_manifest_matches_json_dumps():
 
 
 
+def test_manifest_formatted_in_slices_and_segments_is_the_json_dump():
+    # more records than manifest_parts formats at a time, split unevenly in two
+    # segments the way the builder's two processes format them
+    records = [("d%02d/f%05d\u00e9" % (i % 13, i), i, "%064x" % i, 0o644 if i % 3 else 0o755)
+               for i in range(9000)]
+    records.sort()
+    content = hashlib.sha256()
+    body = manifest_parts(records[:4100], content.update)
+    body.append(b",".join(manifest_parts(records[4100:], content.update)))
+    manifest = make_manifest([dict(path=p, size=s, sha256=d, mode=m) for p, s, d, m in records])
+    assert content.hexdigest() == manifest["digest"]
+    assert b"".join(manifest_chunks(manifest["digest"], body)) == dump_manifest(manifest)
+
 def test_contents_add_up_segments_and_make_the_manifest_on_demand():
     import marshal
 
-    from spirodeploy.manifest import Contents, manifest_parts
+    from spirodeploy.manifest import Contents
 
     head = [("_salt/x.sls", 1, "aa" * 32, 0o644), ("a/b", 2, "bb" * 32, 0o644)]
     tail = [("a/c", 3, "cc" * 32, 0o755), ("a0", 4, "dd" * 32, 0o644),
@@ -465,8 +478,11 @@ def test_contents_add_up_segments_and_make_the_manifest_on_demand():
     assert (contents.count, contents.has_top) == (5, True)
     assert contents.top_counts == {"_salt": 1, "a": 2, "": 2}
     assert contents.manifest == whole and contents.manifest is contents.manifest
-    assert serialise_manifest([manifest_parts(head), manifest_parts(tail)],
-                              gitcommit="c") == (whole["digest"], data)
+    # formatted in two segments, the tail's pieces comma-joined as the child does
+    content = hashlib.sha256()
+    body = manifest_parts(head, content.update) + [b",".join(manifest_parts(tail, content.update))]
+    assert content.hexdigest() == whole["digest"]
+    assert b"".join(manifest_chunks(whole["digest"], body, gitcommit="c")) == data
     assert not Contents.summarise(head)[1]  # neither top.sls nor spirotop.sls
 
 def test_digest_independent_of_tar_bytes(project):

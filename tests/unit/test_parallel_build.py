@@ -83,7 +83,7 @@ def test_two_processes_write_the_same_bytes_as_one(tmp_path, monkeypatch, forks)
     bundle = build_bundle(project, include_source="fs", output=out)
 
     assert len(forks) == 1 and forks[0] is not None, "the child did not deliver its half"
-    size, _gitcommit, _parts, (count, has_top, _tops), blob = forks[0]
+    size, _gitcommit, (count, has_top, _tops), blob, _lines, _body = forks[0]
     records = marshal.loads(blob)
     assert size > B._SMALL and any(r[0].startswith("_source/src/zz/") for r in records)
     assert count == len(records) and has_top  # top.sls sorts after _source/: the child's
@@ -104,10 +104,10 @@ def test_a_failing_child_leaves_the_work_to_the_parent(tmp_path, monkeypatch, fo
     parent = os.getpid()
     real_parts = B.manifest_parts
 
-    def parts_failing_in_child(records):
+    def parts_failing_in_child(records, lines):
         if os.getpid() != parent:
             raise OSError("simulated failure in the child")
-        return real_parts(records)
+        return real_parts(records, lines)
 
     monkeypatch.setattr(B, "manifest_parts", parts_failing_in_child)
     out = tmp_path / "parallel.tar"
