@@ -77,7 +77,6 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, NamedTuple, Opti
 from .errors import BundleError
 from .manifest import (MANIFEST_NAME, Contents, diff_manifests, manifest_chunks, manifest_parts,
                        read_manifest)
-from .tarcheck import LinkLoop, PathEscapes, resolve_in_archive
 
 __all__ = [
     "TarballBuilder",
@@ -1299,6 +1298,9 @@ def git_scanner(should_skip: Callable[[str], bool],
                     else:
                         kids.add(base)
                     break
+
+        # Imported here: tarcheck's dataclasses cost a fs build 7 ms of start-up.
+        from .tarcheck import LinkLoop, PathEscapes, resolve_in_archive
 
         def walk(logical: str, phys: str, active: frozenset):
             for base in sorted(children.get(phys, ())):
