@@ -316,6 +316,38 @@ class _FileOpener:
         return self.shown
 
 
+class _Dir:
+    """A directory :func:`_walk` listed; the source of each of its plain files.
+
+    The builder maps every such file's bundle name to the one object of its
+    directory (the file is the name's last component) rather than to an
+    opener of its own: at 50,000 files, per-file objects cost the scan their
+    allocations and page faults, the forked writer its copy-on-write faults,
+    and the build the time to free them.
+    """
+
+    __slots__ = ("path", "_base", "_rel")
+
+    def __init__(self, path: str, base: str, rel: str):
+        self.path = path      # absolute, ending with a separator
+        self._base = base     # how messages name the walk's top
+        self._rel = rel       # this directory under it: "" or ending with "/"
+
+    def opener(self, name: str) -> _FileOpener:
+        """The opener of file ``name`` of this directory."""
+        return _FileOpener(self.path + name, self._base, self._rel + name)
+
+    def _emit(self, w: "_TarWriter", key: str):
+        return self.opener(key[key.rfind("/") + 1:])._emit(w, key)
+
+
+def _shown_source(source, key: str) -> str:
+    """How messages name the source of bundle member ``key``."""
+    if type(source) is _Dir:
+        source = source.opener(key[key.rfind("/") + 1:])
+    return getattr(source, "shown", key)
+
+
 class _BytesSource:
     __slots__ = ("data", "mode")
 
@@ -708,17 +740,25 @@ class _TarWriter:
         prefix_sum = {m: sum(b"%07o\0" % m) for m in prefix}  # uid/gid are in base_sum
         mtime_f = self._mtime_f
         rest = b"0" + self._mid + bytes(167)
+        Dir = _Dir if readv is not None else None
         FileOpener = _FileOpener if readv is not None else None
         chunk = sink._chunk
         for name in names:
             src = entries[name]
-            if type(src) is not FileOpener or len(name) > 100 or not name.isascii():
+            if len(name) > 100 or not name.isascii():
+                src._emit(self, name)
+                continue
+            if type(src) is Dir:
+                path = src.path + name[name.rfind("/") + 1:]
+            elif type(src) is FileOpener:
+                path = src.path
+            else:
                 src._emit(self, name)
                 continue
             try:
-                fd = os_open(src.path, flags)
+                fd = os_open(path, flags)
             except OSError as e:
-                raise _os_error(src.shown, e) from None
+                raise _os_error(_shown_source(src, name), e) from None
             try:
                 try:
                     st = fstat(fd)
@@ -726,7 +766,8 @@ class _TarWriter:
                     st_mode = st.st_mode
                     if size >= small or (st_mode & 0o170000) != 0o100000 or (
                             excluded and (st.st_dev, st.st_ino) in excluded):
-                        self.add_path(name, src.path, src._shown, fd=fd, st=st)
+                        self.add_path(name, path, partial(_shown_source, src, name),
+                                      fd=fd, st=st)
                         continue
                     mode = 0o755 if st_mode & 0o111 else 0o644
                     pad = -size % 512
@@ -749,7 +790,7 @@ class _TarWriter:
                             break
                         got += more
                     if got != size:
-                        raise _changed(src._shown, got, size)
+                        raise _changed(_shown_source(src, name), got, size)
                     data = mv[h + 512:e]
                     digest = sha256(data).hexdigest()
                     if pad:
@@ -758,7 +799,7 @@ class _TarWriter:
                     if name == ".gitcommit":
                         self.gitcommit = bytes(data).decode("utf-8", "replace")
                 except OSError as e:
-                    raise _os_error(src.shown, e, " while bundling it") from None
+                    raise _os_error(_shown_source(src, name), e, " while bundling it") from None
                 files_append((name, size, digest, mode))
             finally:
                 os_close(fd)
@@ -1073,8 +1114,12 @@ _entry_name = operator.attrgetter("name")  # the sort key of directory entries (
 def _walk(top_abs: str, boundary: str, top_shown: str, *,
           skip: Optional[Callable[[str], bool]] = None,
           ignore: Optional[Callable[[str], bool]] = None,
-          excluded: frozenset = frozenset()) -> Iterator[Tuple[str, _FileOpener]]:
-    """Yield ``(relative posix name, opener)`` for every file under ``top_abs``.
+          excluded: frozenset = frozenset()) -> Iterator[Tuple[str, Any]]:
+    """Yield ``(relative posix name, source)`` for every file under ``top_abs``.
+
+    The source of a file is its directory's :class:`_Dir` (the file is the
+    name's last component) or, for a symlink to a file, a :class:`_FileOpener`
+    of the target.
 
     VCS directories are pruned; ``skip(rel)`` and ``ignore(rel)`` (with a
     trailing ``/`` for directories) prune more.  Symlinks are followed when
@@ -1106,6 +1151,7 @@ def _walk(top_abs: str, boundary: str, top_shown: str, *,
         except OSError as e:
             raise _os_error(_join_show(top_shown, rel_dir.rstrip("/")) or top_shown, e) from None
         subdirs = []
+        here = _Dir(dir_path + os.sep, top_shown, rel_dir)
         for entry in entries:
             name = entry.name
             rel = rel_dir + name
@@ -1123,7 +1169,7 @@ def _walk(top_abs: str, boundary: str, top_shown: str, *,
                         st = entry.stat(follow_symlinks=False)
                         if (st.st_dev, st.st_ino) in excluded:
                             continue
-                    yield rel, _FileOpener(entry.path, top_shown, rel)
+                    yield rel, here
                 elif entry.is_dir(follow_symlinks=False):
                     if ignore is not None and ignore(rel + "/"):
                         continue
@@ -1184,6 +1230,12 @@ def fs_scanner(should_skip: Callable[[str], bool],
     Symlinks are followed when they stay inside ``root`` and refused
     otherwise.
     """
+    for name, source in _fs_walk(should_skip, root):
+        yield name, (source.opener(name[len(source._rel):]) if type(source) is _Dir else source)
+
+
+def _fs_walk(should_skip: Callable[[str], bool], root: str = ".") -> Iterator[Tuple[str, Any]]:
+    """:func:`fs_scanner`, yielding :func:`_walk`'s sources (what the builder keeps)."""
     root_shown = os.fspath(root)
     root_abs = os.path.abspath(root_shown)
     if not os.path.isdir(root_abs):
@@ -1474,7 +1526,7 @@ class TarballBuilder:
     def _put(self, name: str, source, origin: Optional[str] = None) -> None:
         if name in self._entries or name == MANIFEST_NAME:
             if origin is None:
-                origin = getattr(source, "shown", name)
+                origin = _shown_source(source, name)
             if name == MANIFEST_NAME:
                 raise BundleError("%s is reserved for the bundle manifest; rename %s"
                                   % (MANIFEST_NAME, _show(origin)))
@@ -1571,8 +1623,10 @@ class TarballBuilder:
         """Add source files under ``_source/``, from ``scanner(should_skip)``."""
         self._check_open()
         entries = self._entries
+        if isinstance(scanner, partial) and scanner.func is fs_scanner:
+            scanner = partial(_fs_walk, *scanner.args, **scanner.keywords)  # no per-file openers
         for name, opener in scanner(_default_should_skip):
-            if type(opener) is _FileOpener and opener._rel is name:
+            if type(opener) is _Dir or (type(opener) is _FileOpener and opener._rel is name):
                 # Straight from _walk (fs_scanner): the name is already checked
                 # (UTF-8, no VCS part), and checking 50,000 names twice shows.
                 key = "_source/" + name
