@@ -1623,8 +1623,11 @@ class TarballBuilder:
         """Add source files under ``_source/``, from ``scanner(should_skip)``."""
         self._check_open()
         entries = self._entries
-        if isinstance(scanner, partial) and scanner.func is fs_scanner:
-            scanner = partial(_fs_walk, *scanner.args, **scanner.keywords)  # no per-file openers
+        # fs_scanner itself is walked directly: no opener per file
+        if scanner is fs_scanner:
+            scanner = _fs_walk
+        elif isinstance(scanner, partial) and scanner.func is fs_scanner:
+            scanner = partial(_fs_walk, *scanner.args, **scanner.keywords)
         for name, opener in scanner(_default_should_skip):
             if type(opener) is _Dir or (type(opener) is _FileOpener and opener._rel is name):
                 # Straight from _walk (fs_scanner): the name is already checked

@@ -1289,3 +1289,28 @@ def test_the_cyclic_collector_is_paused_while_building(project, enabled_before):
     assert {kind for kind, _ in seen} == {"scan", "write"}
     assert not any(enabled for _, enabled in seen)
     assert after is enabled_before
+
+
+def test_the_builder_keeps_one_source_per_directory_not_per_file(tmp_path, monkeypatch):
+    # At 50,000 files an object per file costs the scan, the fork and the free;
+    # fs_scanner (bare or as build_bundle's partial) is walked without them.
+    from functools import partial
+
+    from spirodeploy import builder as B
+
+    write_tree(tmp_path, {"_salt/top.sls": "t", "_salt/a/b.sls": "b", "src/x.py": "x",
+                          "src/y.py": "y", "src/pkg/z.py": "z"})
+    monkeypatch.chdir(tmp_path)
+    expected = ["_source/src/pkg/z.py", "_source/src/x.py", "_source/src/y.py", "a/b.sls",
+                "top.sls"]
+    for scanner, per_file in ((fs_scanner, False), (partial(fs_scanner, root="."), False),
+                              (lambda skip: fs_scanner(skip), True)):  # public: openers
+        with TarballBuilder() as b:
+            b.add_saltdir("_salt")
+            b.add_source(scanner)
+            kinds = {name: type(source) for name, source in b._entries.items()}
+            sources = {id(source) for source in b._entries.values()}
+        assert kinds["top.sls"] is kinds["a/b.sls"] is B._Dir
+        assert kinds["_source/src/x.py"] is (B._FileOpener if per_file else B._Dir)
+        assert len(sources) == (2 + 3 if per_file else 4)  # _salt, _salt/a, src, src/pkg
+        assert [f["path"] for f in b.manifest["files"]] == expected
