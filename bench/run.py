@@ -36,7 +36,8 @@ A child's reaped descendants, such as ``git archive``, count too.
    sizes (flat?), and ``--help`` start-up, ours vs 0.4's.
 
 Medians over --runs; the tools of one run are interleaved so that drift hits
-all alike.  Before each measured run: ``sync`` (dirty pages of the previous
+all alike, and each run starts with the next tool (no tool always follows
+the same one).  Before each measured run: ``sync`` (dirty pages of the previous
 run are not flushed on the next one's clock) and, for deploys, the previous
 deployment is removed on the server so every deploy does the same work.
 Inputs are in the page cache for everyone (written just before or read once).
@@ -233,6 +234,19 @@ def _killpg(pid: int) -> None:
 def _tail(text: str, n: int = 3) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return " | ".join(lines[-n:])[-400:]
+
+
+def rotated(tools, run: int) -> list:
+    """The tools in the order of run ``run``: each run starts one later.
+
+    On the benchmark VM a command that writes a GiB right after another one
+    freed a GiB sometimes pays 1-2 s of extra system time (in the kernel's
+    copy into fresh page-cache pages; host-side, as far as we can see), so a
+    fixed order would always hand that penalty to the same tool.
+    """
+    tools = list(tools)
+    k = run % len(tools) if tools else 0
+    return tools[k:] + tools[:k]
 
 
 def sync() -> None:
@@ -593,7 +607,7 @@ class Bench:
     def bench_build(self, sc: Scenario, runs: int) -> None:
         section = f"build-{sc.key}"
         for run in range(runs):
-            for tool in ("ours", "tar", "0.4"):
+            for tool in rotated(("ours", "tar", "0.4"), run):
                 if tool == "0.4" and self.ref_bin is None:
                     continue
                 out = OUT / f"{section}-{tool.replace('.', '')}.tar"
@@ -790,7 +804,7 @@ class Bench:
         dep = f"e2e-{sc.key}"
         cmds = self.deploy_cmds(sc, target, dep, prebuilt=prebuilt)
         for run in range(runs):
-            for tool in tools:
+            for tool in rotated(tools, run):
                 if tool not in cmds:
                     continue
                 env = dict(os.environ)
@@ -836,8 +850,11 @@ class Bench:
 
     # -- start-up -----------------------------------------------------------
     def bench_startup(self, runs: int) -> None:
+        python = Path(ours_bin()[0]).parent / "python"  # the interpreter ours runs on
+        if not python.exists():
+            python = venv_bin() / "python"
         cmds = {"ours": ours_bin() + ["--help"],
-                "python -c pass (floor)": [str(venv_bin() / "python"), "-c", "pass"]}
+                "python -c pass (floor)": [str(python), "-c", "pass"]}
         if self.ref_bin is not None:
             cmds["0.4"] = [str(self.ref_bin / "spiro-deploy"), "--help"]
         for name, cmd in cmds.items():
