@@ -31,13 +31,12 @@ if TYPE_CHECKING:
     import tarfile
 
 from .errors import BundleError
-from .manifest import MANIFEST_NAME
+from .manifest import MANIFEST_NAME, TOP_FILES
 
 __all__ = ["TarSummary", "check_tarball"]
 
 _CHUNK = 1 << 20
 _MAX_MANIFEST = 256 * 1024 * 1024
-_TOP_FILES = ("top.sls", "spirotop.sls")
 
 
 @dataclass(frozen=True)
@@ -211,7 +210,7 @@ def check_tarball(fileobj: Union[BinaryIO, str, "os.PathLike[str]"]) -> TarSumma
                 if m.isfile():
                     file_count += 1
                     content_size += m.size
-                    if name in _TOP_FILES:
+                    if name in TOP_FILES:
                         has_top = True
                     if name == MANIFEST_NAME and m.size <= _MAX_MANIFEST:
                         try:
