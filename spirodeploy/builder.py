@@ -39,8 +39,16 @@ How bundles are built
 
 Safety rules
 ------------
-* ``.git``, ``.hg``, ``.svn`` and ``.bzr`` are never included, at any depth,
-  whatever adds the entry.
+* Version-control metadata (:data:`VCS_DIRS`: ``.git``, ``.hg``, ``.svn``,
+  ``.bzr``, ``_darcs``, ``CVS``, ``.pijul``) is never included, at any depth,
+  whatever adds the entry.  It is recognised by name while walking, and by
+  what a path resolves to where a path enters: an artifact or salt directory
+  given by the caller, and every symlink followed.  An explicit path that
+  resolves into VCS metadata (``--artifact .git``, ``--artifact .git/config``,
+  a symlink to either) is a BundleError; a symlink met while walking that
+  resolves into it is skipped, as the directory itself would be.  (Regular
+  files are not resolved one by one: a walk never enters a VCS directory, so
+  only symlinks can lead into one.)
 * Member names are relative and never contain ``..``; a name that would is a
   :class:`~spirodeploy.errors.BundleError`.
 * Symlinks are dereferenced: the bundle holds the target's content as a
@@ -54,7 +62,8 @@ Safety rules
   while it is copied is a BundleError naming it.
 * Files given in ``exclude`` and the output file itself are never included;
   they are recognised by identity (device and inode), so another path to the
-  same file does not sneak it in.
+  same file (a symlink, a hard link, a relative spelling) does not sneak it
+  in.  Naming one as an artifact is a BundleError.
 """
 
 from __future__ import annotations
@@ -99,7 +108,7 @@ DEFAULT_SPOOL_THRESHOLD = 8 * MiB
 #: The mtime of every member when SOURCE_DATE_EPOCH is not set (1980-01-01 UTC).
 DEFAULT_MTIME = 315532800
 #: Version-control metadata directories that are never bundled.
-VCS_DIRS = frozenset({".git", ".hg", ".svn", ".bzr"})
+VCS_DIRS = frozenset({".git", ".hg", ".svn", ".bzr", "_darcs", "CVS", ".pijul"})
 #: The ignore file read by :func:`fs_scanner` at its root.
 IGNORE_FILE = ".spiroignore"
 #: Accepted values of ``build_bundle(include_source=...)``.
@@ -154,6 +163,22 @@ def _inside(path: str, base: str) -> bool:
     if not base.endswith(os.sep):
         base += os.sep
     return path.startswith(base)
+
+
+def _vcs_part(real: str, base: Optional[str] = None) -> Optional[str]:
+    """The VCS metadata directory (a :data:`VCS_DIRS` name) that ``real`` lies in, or None.
+
+    ``real`` is a resolved absolute path.  Only the part below ``base`` (when
+    ``real`` is inside it) is judged, so a project that itself lives under,
+    say, a ``CVS`` directory is not refused as a whole.  Called where paths
+    enter (explicit paths, symlink targets), never per regular file.
+    """
+    if base is not None and _inside(real, base):
+        real = real[len(base):]
+    for part in real.split(os.sep):
+        if part in VCS_DIRS:
+            return part
+    return None
 
 
 def _check_utf8(name: str, shown: str) -> None:
@@ -1191,6 +1216,8 @@ def _walk(top_abs: str, boundary: str, top_shown: str, *,
                     if not _inside(target, boundary):
                         raise BundleError("symlink %s points outside %s (to %s)"
                                           % (_show(shown), _show(boundary), _show(target)))
+                    if _vcs_part(target, boundary) is not None:
+                        continue  # leads into VCS metadata: pruned like the directory
                     if stat.S_ISDIR(st.st_mode):
                         if ignore is not None and ignore(rel + "/"):
                             continue
@@ -1452,7 +1479,9 @@ class TarballBuilder:
         if self._state != "new":
             raise RuntimeError("a TarballBuilder can only be used once")
         self.mtime = _resolve_mtime(self._mtime_arg)
-        self._root_real = (os.path.realpath(os.fspath(self.root))
+        self._root_abs = (os.path.abspath(os.fspath(self.root))
+                          if self.root is not None else None)
+        self._root_real = (os.path.realpath(self._root_abs)
                            if self.root is not None else None)
         excluded = set()
         for p in self._exclude_paths:
@@ -1561,8 +1590,19 @@ class TarballBuilder:
             boundary = self._root_real
         else:
             boundary = real
+        # Judged by what the path resolves to (and by how it is spelt, which
+        # is what the member name is made from): .git/config often holds a
+        # CI token in the remote URL.
+        vcs = (_vcs_part(real, self._root_real)
+               or _vcs_part(os.path.normpath(abs_path), self._root_abs))
+        if vcs is not None:
+            raise BundleError("%s %s is version-control metadata (%s), which is never bundled%s"
+                              % (what, _show(shown), vcs,
+                                 " (it resolves to %s)" % _show(real)
+                                 if real != abs_path else ""))
         if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) in self._excluded:
-            real = None  # never bundled
+            raise BundleError("%s %s is a file that is never bundled (the token file or "
+                              "the bundle's output)" % (what, _show(shown)))
         return st, real, boundary, shown
 
     def add_saltdir(self, path) -> None:
@@ -1583,13 +1623,15 @@ class TarballBuilder:
         self._check_open()
         member = "_artifacts/" + _clean_name(name, "artifact name")
         st, real, boundary, shown = self._explicit(path, "artifact")
+        if not VCS_DIRS.isdisjoint(member.split("/")):
+            raise BundleError("artifact name %s is version-control metadata, which is never "
+                              "bundled" % _show(name))
         if stat.S_ISDIR(st.st_mode):
             for rel, opener in _walk(os.path.abspath(shown), boundary, shown,
                                      excluded=self._excluded):
                 self._put(member + "/" + rel, opener)
         elif stat.S_ISREG(st.st_mode):
-            if real is not None:
-                self._put(member, _FileOpener(real, shown), shown)
+            self._put(member, _FileOpener(real, shown), shown)
         else:
             raise _refuse_special(shown, st.st_mode)
 
