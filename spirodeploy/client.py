@@ -11,6 +11,15 @@ Choices worth knowing:
   (:mod:`spirodeploy.multipart`), so the body is never copied into
   memory; a progress callback sees the bytes as they go.
 * Redirects are not followed: the token would go with them.
+* The token is sent through a ``requests`` auth object, so neither
+  ``~/.netrc`` nor a ``user:pass@`` in the URL can replace it (requests
+  applies both only to a request without one); a URL with user info is
+  refused outright.
+* ``read_timeout`` is the longest time between *events*: SSE comment lines
+  (keep-alives) and other bytes that make no event do not reset it, bytes
+  of an event still arriving do.  ``deadline`` bounds the whole call.  Both
+  are enforced by a timer that shuts the connection down, so a server that
+  dribbles bytes cannot hold a read open past them.
 * Only a failure to connect, before any byte went out, is retried.  A POST
   that reached the server is never sent again, as the server may already be
   deploying it.
@@ -20,7 +29,9 @@ Choices worth knowing:
 from __future__ import annotations
 
 import json
+import math
 import socket
+import threading
 import time
 import warnings
 from typing import IO, Any, Callable, Iterator, Union
@@ -44,7 +55,8 @@ from .errors import (
 )
 from .sse import EventStreamParser
 
-__all__ = ("upload", "check_token", "stream_events", "DEFAULT_URL")
+__all__ = ("DEFAULT_URL", "check_timeout", "check_token", "check_token_text", "check_url",
+           "stream_events", "upload")
 
 DEFAULT_URL = "https://salt:4510/"
 #: How long the stream may stay silent.  A highstate can run for a long time
@@ -54,6 +66,9 @@ DEFAULT_READ_TIMEOUT = 3600.0
 #: SpiroFS 0.3 over plain HTTP keeps Tornado's default body limit.
 PLAIN_HTTP_BODY_LIMIT = 100 * 1024 * 1024
 CONNECT_RETRIES = 2
+#: Longer limits than this are refused (the socket layer overflows on huge
+#: values); "no limit" is said with 0 or inf where there is one.
+MAX_SECONDS = 1e8
 _CHUNK = 1024 * 1024
 
 SSLVerify = Union[bool, str]
@@ -73,6 +88,7 @@ def upload(
     read_timeout: float | None = DEFAULT_READ_TIMEOUT,
     progress: ProgressCallback | None = None,
     connect_retries: int = CONNECT_RETRIES,
+    deadline: float | None = None,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Upload ``tarball`` to deploy ``project``/``deployment``; yield its events.
 
@@ -90,20 +106,30 @@ def upload(
     PEM.  ``progress(sent, total)`` is called as the body is sent (``total``
     is None for a streamed bundle until its last block).
 
+    ``read_timeout`` is the longest the server may go without sending an
+    event (keep-alive comments do not count; None: no limit), ``deadline``
+    the most seconds the whole deploy may take from this call (None: no
+    limit); either raises :class:`StreamTimeout`.
+
     Names and the token's own caveats are checked before anything is sent,
     since SpiroFS 0.3 deploys even after refusing a token with 403.
     """
     check_name("project", project)
     check_name("deployment", deployment)
-    token = clean_token(token)
+    token = check_token_text(clean_token(token))
     check_token_scope(token, project)
     url = check_url(url, sslverify)
+    connect_timeout = check_timeout("connect timeout", connect_timeout)
+    read_timeout = None if read_timeout is None else check_timeout("read timeout", read_timeout,
+                                                                   unlimited=True)
+    deadline = None if deadline is None else check_timeout("deadline", deadline, unlimited=True)
+    until = None if deadline is None else time.monotonic() + deadline
     return _upload(url, token, tarball, project, deployment, highstate, sslverify,
-                   connect_timeout, read_timeout, progress, connect_retries)
+                   connect_timeout, read_timeout, progress, connect_retries, until)
 
 
 def _upload(url, token, tarball, project, deployment, highstate, sslverify,
-            connect_timeout, read_timeout, progress, connect_retries):
+            connect_timeout, read_timeout, progress, connect_retries, until):
     # A separate generator so that the checks above raise at the call, not at
     # the first next().
     from .multipart import MultipartBody, MultipartStream, SourceFailed
@@ -128,14 +154,18 @@ def _upload(url, token, tarball, project, deployment, highstate, sslverify,
             body = MultipartBody(fields, "bundle", "bundle.tar", tarball, "application/x-tar",
                                  progress=progress)
         try:
-            response = _send(session, url, token, body, sslverify, connect_timeout, read_timeout)
+            response = _send(session, url, token, body, sslverify, connect_timeout, read_timeout,
+                             until)
             break
         except _Retryable as retry:
             attempt += 1
-            if attempt > connect_retries:
+            pause = min(2 ** attempt, 10)
+            # Nothing was sent: past the deadline, say why it could not connect.
+            if attempt > connect_retries or (until is not None
+                                             and time.monotonic() + pause >= until):
                 session.close()
                 raise retry.error from None
-            time.sleep(min(2 ** attempt, 10))
+            time.sleep(pause)
         except SourceFailed as failed:
             session.close()
             raise _stopped(failed.error) from None
@@ -143,10 +173,13 @@ def _upload(url, token, tarball, project, deployment, highstate, sslverify,
             session.close()
             raise _explain_cut(url, body.sent, body.complete,
                                None if streamed else len(body)) from cut.__cause__
+        except SpiroDeployError:
+            session.close()
+            raise
     try:
         # A streamed body's length is only known as far as it was sent.
         _check_response(response, url, body.sent if streamed else len(body), exact=not streamed)
-        yield from stream_events(response)
+        yield from stream_events(response, read_timeout=read_timeout, until=until)
     finally:
         response.close()
         session.close()
@@ -160,8 +193,9 @@ def check_token(url: str, token: str, sslverify: SSLVerify = True,
     connection error).  It does not tell whether the token may deploy a
     given project; :func:`spirodeploy.checks.token_caveats` reads that.
     """
-    token = clean_token(token)
+    token = check_token_text(clean_token(token))
     url = check_url(url, sslverify)
+    connect_timeout = check_timeout("connect timeout", connect_timeout)
     with _session() as session:
         response = _request(session, "GET", url, token, sslverify, connect_timeout, connect_timeout)
         with response:
@@ -172,13 +206,15 @@ def check_token(url: str, token: str, sslverify: SSLVerify = True,
     return True
 
 
-def stream_events(response: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+def stream_events(response: Any, *, read_timeout: float | None = None,
+                  until: float | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``(event, data)`` from a streaming ``requests`` response.
 
     Raises :class:`StreamCut` if the connection closes in the middle of an
     event or mid-transfer, :class:`StreamTimeout` if the server stays silent
-    past the read timeout, :class:`MalformedEvent` for data that is not a
-    JSON object.
+    past the read timeout (or sends only keep-alive comments for
+    ``read_timeout`` seconds) or the :func:`time.monotonic` time ``until``
+    passes, :class:`MalformedEvent` for data that is not a JSON object.
     """
     import requests
 
@@ -190,19 +226,30 @@ def stream_events(response: Any) -> Iterator[tuple[str, dict[str, Any]]]:
         # read1 returns what has arrived; read(amt) would wait for amt bytes
         # and hold events back.
         chunks = iter(lambda: raw.read1(_CHUNK, decode_content=True), b"")
+    watchdog = _Watchdog(_socket_of(response), read_timeout, until)
     try:
-        for chunk in chunks:
-            for sse in parser.feed(chunk):
-                yield sse.event, _decode(sse.event, sse.data)
-    except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
-            requests.exceptions.Timeout, _urllib3_errors()) as exc:
-        if _is_timeout(exc):
-            raise StreamTimeout(
-                "the server sent nothing for longer than the read timeout; the deploy "
-                "may still be running on the server (raise it with --timeout)"
-            ) from None
-        raise StreamCut("the connection closed before the deploy finished; the server has "
-                        "the bundle and may have deployed it") from None
+        try:
+            activity = parser.activity
+            for chunk in chunks:
+                found = parser.feed(chunk)
+                if parser.activity != activity:
+                    activity = parser.activity
+                    watchdog.alive()
+                for sse in found:
+                    watchdog.hold()  # the caller's time with an event is not silence
+                    yield sse.event, _decode(sse.event, sse.data)
+                    watchdog.alive()
+                watchdog.check()
+        except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.Timeout, _urllib3_errors(), OSError) as exc:
+            watchdog.check()  # a read broken by the watchdog
+            if _is_timeout(exc):
+                raise _silence_error() from None
+            raise StreamCut("the connection closed before the deploy finished; the server has "
+                            "the bundle and may have deployed it") from None
+        watchdog.check()  # a read that ended because the watchdog shut the connection
+    finally:
+        watchdog.stop()
     for sse in parser.close():
         yield sse.event, _decode(sse.event, sse.data)
     if parser.incomplete:
@@ -223,6 +270,11 @@ def check_url(url: str, sslverify: SSLVerify) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"malformed server URL {safe_url(url)!r}: expected "
                           "https://HOST[:PORT]/")
+    if "@" in parts.netloc:
+        # requests would send it as Basic auth in place of the token.
+        raise ConfigError(f"the server URL {safe_url(url)!r} carries a user name or password; "
+                          "SpiroFS only takes the token: remove the 'user:password@' part")
+    _check_host(url, parts.hostname)
     if parts.scheme == "http" and sslverify is not False:
         raise ConfigError(f"refusing plain HTTP to {safe_url(url)}: the token and bundle would "
                           "travel unencrypted; use https:// or, for testing, --insecure")
@@ -231,17 +283,60 @@ def check_url(url: str, sslverify: SSLVerify) -> str:
     return url if parts.path else url + "/"
 
 
+def check_timeout(what: str, value: Any, *, unlimited: bool = False) -> float | None:
+    """A number of seconds from ``value`` (a number or its text), or a clear error.
+
+    NaN, negative numbers and absurdly large ones are refused.  With
+    ``unlimited`` (the read timeout, the deadline) 0 and ``inf`` mean "no
+    limit" and give None; otherwise (the connect timeout) the value must be
+    finite and above 0.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} must be a number of seconds, not {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{what} must be a number of seconds, not {value!r}") from None
+    if math.isnan(number):
+        raise ConfigError(f"{what} must be a number of seconds, not NaN")
+    if number < 0:
+        raise ConfigError(f"{what} must not be negative")
+    if unlimited and (number == 0 or math.isinf(number)):
+        return None
+    if number == 0 or math.isinf(number):
+        raise ConfigError(f"{what} must be more than 0 and finite")
+    if number > MAX_SECONDS:
+        hint = " (0 or inf for no limit)" if unlimited else ""
+        raise ConfigError(f"{what} must be at most {MAX_SECONDS:.0f} seconds{hint}")
+    return number
+
+
+def check_token_text(token: str) -> str:
+    """Refuse a token that is not printable ASCII; the message never shows it.
+
+    SpiroFS tokens are base64url text.  Anything else (a byte-order mark, an
+    accented letter from a bad copy, a control character) would be sent
+    mangled or make the HTTP layer fail; returns ``token``.
+    """
+    for position, char in enumerate(token, 1):
+        if not " " < char < "\x7f":
+            kind = "a byte-order mark" if char == "\ufeff" else (
+                "a control character" if char < " " or char == "\x7f" else "a non-ASCII character")
+            raise ConfigError(f"the token is not printable ASCII: it has {kind} at position "
+                              f"{position} of {len(token)}; SpiroFS tokens are base64 text, "
+                              "check how the token was saved or copied")
+    return token
+
+
 def safe_url(url: str) -> str:
     """``url`` without any user:password part, for messages and logs."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparsable URL>"
-    if parts.username is None and parts.password is None:
+    if "@" not in parts.netloc:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
+    host = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
@@ -257,32 +352,44 @@ class _UploadCut(Exception):
     pass
 
 
-def _send(session, url, token, body, sslverify, connect_timeout, read_timeout):
+def _send(session, url, token, body, sslverify, connect_timeout, read_timeout, until=None):
     import requests
 
     sent_before = body.sent
+    wait = read_timeout
+    if until is not None:
+        # The wait for the answer is one socket timeout, so the deadline can
+        # only shorten it; the caller checks the deadline again afterwards.
+        left = max(until - time.monotonic(), 0.001)
+        wait = left if wait is None else min(wait, left)
     try:
-        return _request(session, "POST", url, token, sslverify, connect_timeout, read_timeout,
-                        data=body, content_type=body.content_type)
+        response = _request(session, "POST", url, token, sslverify, connect_timeout, wait,
+                            data=body, content_type=body.content_type)
     except ConnectError as exc:
         if body.sent == sent_before and not isinstance(exc, TLSError):
             raise _Retryable(exc) from None
         raise
     except requests.exceptions.Timeout as exc:
+        if until is not None and time.monotonic() >= until - 0.01:
+            raise _deadline_error() from exc
         raise StreamTimeout(
             "the server accepted the upload but did not answer within the read timeout; "
             "the deploy may still be running on the server"
         ) from exc
     except requests.exceptions.RequestException as exc:
         raise _UploadCut() from exc
+    if until is not None and time.monotonic() >= until:
+        response.close()
+        raise _deadline_error()
+    return response
 
 
 def _request(session, method, url, token, sslverify, connect_timeout, read_timeout,
              data=None, content_type=None):
     import requests
+    from urllib3.exceptions import LocationValueError
 
     headers = {
-        "Authorization": f"Bearer {token}",
         "Accept": "text/event-stream",
         "Cache-Control": "no-cache",
         "User-Agent": f"spiro-deploy/{__version__}",
@@ -300,7 +407,30 @@ def _request(session, method, url, token, sslverify, connect_timeout, read_timeo
             return session.request(
                 method, url, data=data, headers=headers, verify=sslverify, stream=True,
                 timeout=(connect_timeout, read_timeout), allow_redirects=False,
+                auth=_bearer(token),
             )
+    except requests.exceptions.InvalidSchema as exc:
+        # The only scheme left to fail after check_url is a proxy's.
+        proxy = _proxy_for(session, url)
+        if proxy and proxy.lower().startswith("socks"):
+            raise ConfigError(
+                f"the environment sets a SOCKS proxy ({safe_url(proxy)}) for {safe_url(url)}, "
+                "but SOCKS support is not installed: pip install 'requests[socks]', or exempt "
+                "the server with NO_PROXY") from None
+        raise ConfigError(f"cannot send to {safe_url(url)}: {_scrub_userinfo(str(exc))}") from None
+    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidHeader,
+            requests.exceptions.MissingSchema, LocationValueError, UnicodeError) as exc:
+        # Anything requests or urllib3 refuses in the URL or a proxy setting
+        # (check_url has vetted the server URL, so it is usually the proxy).
+        proxy = _proxy_for(session, url)
+        where = (f"the proxy setting from the environment ({safe_url(proxy)})" if proxy
+                 else f"the server URL {safe_url(url)!r}")
+        raise ConfigError(f"{where} is not usable: {_scrub_userinfo(_reason(exc))}") from None
+    except requests.exceptions.ProxyError as exc:
+        proxy = _proxy_for(session, url)
+        raise ConnectError(f"cannot connect to {safe_url(url)} through the proxy "
+                           f"{safe_url(proxy or '?')} (from the environment): "
+                           f"{_scrub_userinfo(_reason(exc))}") from None
     except requests.exceptions.SSLError as exc:
         raise TLSError(f"TLS verification of {safe_url(url)} failed ({_reason(exc)}); "
                        "use --ssl-cert FILE for a private CA") from None
@@ -310,7 +440,166 @@ def _request(session, method, url, token, sslverify, connect_timeout, read_timeo
     except requests.exceptions.ConnectionError as exc:
         if data is not None and getattr(data, "sent", 0):
             raise  # the upload had started: the caller explains the cut
-        raise ConnectError(f"cannot connect to {safe_url(url)}: {_reason(exc)}") from None
+        raise ConnectError(f"cannot connect to {safe_url(url)}: "
+                           f"{_scrub_userinfo(_reason(exc))}") from None
+
+
+def _bearer(token: str):
+    """The token as a requests auth object.
+
+    requests fills in ``~/.netrc`` or the URL's user info only when a request
+    has no auth object, and an auth object is applied last, so this header
+    is the one sent whatever the environment holds.
+    """
+    from requests.auth import AuthBase
+
+    class BearerAuth(AuthBase):
+        def __call__(self, request):
+            request.headers["Authorization"] = f"Bearer {token}"
+            return request
+
+        def __repr__(self) -> str:
+            return "BearerAuth(***)"
+
+    return BearerAuth()
+
+
+def _proxy_for(session, url: str) -> str | None:
+    """The proxy requests takes from the environment for ``url``, if any."""
+    from requests.utils import select_proxy
+
+    try:
+        settings = session.merge_environment_settings(url, {}, True, None, None)
+        return select_proxy(url, settings.get("proxies") or {})
+    except (ValueError, LookupError, OSError):  # only used to word a message
+        return None
+
+
+def _scrub_userinfo(text: str) -> str:
+    """``text`` with the ``user:password@`` of any URL in it removed."""
+    import re
+
+    return re.sub(r"(//)[^/@\s]*@", r"\1", text)
+
+
+def _check_host(url: str, host: str) -> None:
+    """Refuse a host name the HTTP layer cannot encode (before anything is built)."""
+    if host.startswith("[") or ":" in host:
+        return  # an IPv6 literal; urlsplit has parsed it
+    try:
+        if host.isascii():
+            ascii_host = host
+        else:
+            import idna  # what requests encodes names with (IDNA 2008)
+
+            ascii_host = idna.encode(host, uts46=True).decode("ascii")
+    except UnicodeError:  # idna.IDNAError is one
+        raise ConfigError(f"malformed server URL {safe_url(url)!r}: the host name is not a "
+                          "valid DNS name") from None
+    labels = ascii_host.rstrip(".").split(".")
+    if not all(label and len(label) <= 63 and label.replace("-", "").replace("_", "").isalnum()
+               and not label.startswith("-") and not label.endswith("-") for label in labels):
+        raise ConfigError(f"malformed server URL {safe_url(url)!r}: the host name is not a "
+                          "valid DNS name")
+
+
+class _Watchdog:
+    """Shuts a stream's connection down when it has been silent too long or is out of time.
+
+    A socket timeout cannot do this: it is reset by every byte, including
+    keep-alive comments, and a server can dribble one HTTP chunk so slowly
+    that no read returns.  Shutting the socket down makes any blocked read
+    return at once; :meth:`check` then raises the right StreamTimeout.
+    """
+
+    def __init__(self, sock: socket.socket | None, silence: float | None,
+                 until: float | None):
+        self._sock = sock
+        self._silence = silence
+        self._until = until
+        self._last = time.monotonic()
+        self._held = False
+        self._stopped = False
+        self.fired: str | None = None
+        self._cond = threading.Condition()
+        self._thread = None
+        if silence is not None or until is not None:
+            self._thread = threading.Thread(target=self._run, name="spirodeploy-watchdog",
+                                            daemon=True)
+            self._thread.start()
+
+    def alive(self) -> None:
+        """The server sent part of an event, or the caller is back: silence starts again."""
+        with self._cond:
+            self._last = time.monotonic()
+            self._held = False
+            self._cond.notify()
+
+    def hold(self) -> None:
+        """The caller has an event: no silence until :meth:`alive` (the deadline runs on)."""
+        with self._cond:
+            self._held = True
+
+    def check(self) -> None:
+        """Raise StreamTimeout if a limit has passed."""
+        with self._cond:
+            if self.fired is None:
+                self.fired = self._due(time.monotonic())
+            fired = self.fired
+        if fired == "deadline":
+            raise _deadline_error()
+        if fired == "silence":
+            raise _silence_error()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def _due(self, now: float) -> str | None:
+        if self._until is not None and now >= self._until:
+            return "deadline"
+        if self._silence is not None and not self._held and now - self._last >= self._silence:
+            return "silence"
+        return None
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                now = time.monotonic()
+                self.fired = self._due(now)
+                if self.fired:
+                    break
+                silent = None if self._silence is None or self._held else self._last + self._silence
+                times = [t for t in (self._until, silent) if t is not None]
+                # With nothing due (held, no deadline) alive() or stop() wakes it.
+                self._cond.wait(max(min(times) - now, 0.001) if times else None)
+            else:
+                return
+        if self._sock is not None:
+            try:
+                # The base class's shutdown: an SSLSocket's own would drop its
+                # SSL object under the reading thread's feet.
+                socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _socket_of(response: Any) -> socket.socket | None:
+    connection = getattr(getattr(response, "raw", None), "connection", None)
+    sock = getattr(connection, "sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _silence_error() -> StreamTimeout:
+    return StreamTimeout("the server sent no event for longer than the read timeout (keep-alive "
+                         "comments do not count); the deploy may still be running on the "
+                         "server (raise it with --timeout)")
+
+
+def _deadline_error() -> StreamTimeout:
+    return StreamTimeout("the deadline passed before the deploy finished; the deploy may still "
+                         "be running on the server (raise it with --deadline)")
 
 
 def _check_response(response, url: str, total: int, exact: bool = True) -> None:
@@ -402,6 +691,13 @@ def _body_text(response, limit: int = 500) -> str:
     if "<" in text:
         title = re.search(r"<title>(.*?)</title>", text, re.S | re.I)
         text = title.group(1) if title else re.sub(r"<[^>]+>", " ", text)
+    # A body can echo the request's headers (a proxy's 407 page, a debugging
+    # server): mask the token before the cut, so no piece of it survives it.
+    from .sanitize import scrub
+
+    sent = getattr(getattr(response, "request", None), "headers", None) or {}
+    auth = str(sent.get("Authorization", ""))
+    text = scrub(text, [auth, auth.partition(" ")[2]])
     return " ".join(text.split())[:limit]
 
 

@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from .checks import clean_token
-from .client import DEFAULT_READ_TIMEOUT, DEFAULT_URL, SSLVerify, check_url
+from .client import (
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_URL,
+    SSLVerify,
+    check_timeout,
+    check_token_text,
+    check_url,
+)
 from .errors import ConfigError
 
 
@@ -25,7 +32,10 @@ class Settings:
     ssl_cert: str | None = None
     insecure: bool = False
     connect_timeout: float = 20
+    #: The longest the server may go without sending an event; None: no limit.
     read_timeout: float | None = DEFAULT_READ_TIMEOUT
+    #: The most seconds a deploy may take, upload and events; None: no limit.
+    deadline: float | None = None
     #: Where the token was read from; the builder never bundles this file.
     token_file: str | None = None
 
@@ -47,14 +57,21 @@ class Settings:
         insecure: bool = False,
         connect_timeout: float | None = None,
         read_timeout: float | None = None,
+        deadline: float | None = None,
         environ: Mapping[str, str] | None = None,
         need_token: bool = True,
     ) -> "Settings":
         """Explicit values first, then ``SPIRO_URL``, ``SPIRO_TOKEN_FILE``, ``SPIRO_TOKEN``.
 
+        Timeouts are seconds, as numbers or text: ``read_timeout`` and
+        ``deadline`` take 0 or ``inf`` for "no limit" (None means "not
+        given": the default read timeout, no deadline); ``connect_timeout``
+        must be finite and above 0.
+
         Raises :class:`ConfigError` for a missing or malformed token, an
         unreadable token file, both a token and a token file, a malformed
-        URL, plain HTTP without ``insecure``, or a bad certificate file.
+        URL, plain HTTP without ``insecure``, a bad certificate file, or a
+        timeout that is not a usable number of seconds.
         """
         environ = os.environ if environ is None else environ
         if ssl_cert and insecure:
@@ -65,9 +82,11 @@ class Settings:
             insecure=bool(insecure),
         )
         if connect_timeout is not None:
-            settings.connect_timeout = _positive("connect timeout", connect_timeout)
+            settings.connect_timeout = check_timeout("connect timeout", connect_timeout)
         if read_timeout is not None:
-            settings.read_timeout = _positive("read timeout", read_timeout) or None
+            settings.read_timeout = check_timeout("read timeout", read_timeout, unlimited=True)
+        if deadline is not None:
+            settings.deadline = check_timeout("deadline", deadline, unlimited=True)
         settings.server = check_url(settings.server, settings.sslverify)
         if token is not None and token_file is not None:
             raise ConfigError("give either a token or a token file, not both")
@@ -79,26 +98,23 @@ class Settings:
             token = read_token_file(token_file)
             settings.token_file = str(token_file)
         if need_token or token:
-            settings.token = clean_token(token)
+            settings.token = check_token_text(clean_token(token))
         return settings
 
 
 def read_token_file(path: str) -> str:
-    """Read a token from a file (the way CI should pass it: no ``ps`` leak)."""
+    """Read a token from a file (the way CI should pass it: no ``ps`` leak).
+
+    A leading UTF-8 byte-order mark (Windows editors write one) is dropped.
+    A file that is not UTF-8 text is a :class:`ConfigError` that never shows
+    its content; characters that cannot be in a token are refused by
+    :func:`~spirodeploy.client.check_token_text` later.
+    """
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:
             return handle.read(64 * 1024)
     except OSError as exc:
         raise ConfigError(f"cannot read token file {path!r}: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"token file {path!r} is not text") from None
-
-
-def _positive(what: str, value: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a number of seconds, not {value!r}") from None
-    if number < 0:
-        raise ConfigError(f"{what} must not be negative")
-    return number
+        raise ConfigError(f"token file {path!r} is not UTF-8 text (SpiroFS tokens are base64 "
+                          "text; check how the file was saved)") from None

@@ -44,6 +44,7 @@ class EventStreamParser:
         self._event = ""
         self._data: list[str] = []
         self._last_id = ""
+        self._activity = 0
         # Incremental decoding keeps a multi-byte character split across
         # chunks intact.
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -59,6 +60,18 @@ class EventStreamParser:
         :attr:`incomplete` tells whether that happened.
         """
         return list(self._lines_to_events(self._split_lines(self._decoder.decode(b"", final=True))))
+
+    @property
+    def activity(self) -> int:
+        """A counter that moves when the server sends part of an event.
+
+        It grows with each dispatched event, each ``data`` line and each
+        chunk that extends an unfinished line that is not a comment.
+        Comment lines (``: keep-alive``), blank lines that dispatch nothing
+        and data-less fields do not move it: a client can tell keep-alives
+        from progress.
+        """
+        return self._activity
 
     @property
     def incomplete(self) -> bool:
@@ -78,12 +91,20 @@ class EventStreamParser:
         parts = _LINE_END.split(text)
         if len(parts) == 1:
             self._pieces.append(text)
+            self._count_partial()
             return []
         self._pieces.append(parts[0])
         lines = ["".join(self._pieces)]
         lines.extend(parts[1:-1])
         self._pieces = [parts[-1]] if parts[-1] else []
+        self._count_partial()
         return lines
+
+    def _count_partial(self) -> None:
+        # An unfinished line is progress unless it is a comment.
+        first = next((piece for piece in self._pieces if piece), "")
+        if first and not first.startswith(":"):
+            self._activity += 1
 
     def _lines_to_events(self, lines: Iterable[str]) -> Iterator[ServerSentEvent]:
         for line in lines:
@@ -101,6 +122,7 @@ class EventStreamParser:
                 self._event = value
             elif field == "data":
                 self._data.append(value)
+                self._activity += 1
             elif field == "id":
                 if "\0" not in value:
                     self._last_id = value
@@ -112,6 +134,7 @@ class EventStreamParser:
         if not self._data:
             return None
         data, self._data = "\n".join(self._data), []
+        self._activity += 1
         return ServerSentEvent(event=event_type or "message", data=data, id=self._last_id)
 
 

@@ -49,6 +49,13 @@ class Script:
     #: Sleep this long before answering (to trigger read timeouts).
     stall: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    #: After the chunks, send an SSE comment line (a keep-alive) every this
+    #: many seconds, for ``comment_for`` seconds or until the client leaves.
+    comment_every: float = 0.0
+    comment_for: float = 30.0
+    #: Send each chunk as one HTTP chunk, but its bytes one at a time, this
+    #: many seconds apart (a reader gets nothing until the chunk is whole).
+    dribble: float = 0.0
 
 
 def sse(event: str, data) -> bytes:
@@ -150,8 +157,23 @@ class FakeSpiroServer:
             for chunk in script.chunks:
                 if script.delay:
                     time.sleep(script.delay)
-                if chunk:
+                if chunk and script.dribble:
+                    handler.wfile.write(b"%x\r\n" % len(chunk))
+                    for byte in chunk:
+                        handler.wfile.write(bytes([byte]))
+                        handler.wfile.flush()
+                        time.sleep(script.dribble)
+                    handler.wfile.write(b"\r\n")
+                    handler.wfile.flush()
+                elif chunk:
                     handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    handler.wfile.flush()
+            if script.comment_every:
+                until = time.monotonic() + script.comment_for
+                while time.monotonic() < until:
+                    time.sleep(script.comment_every)
+                    handler.wfile.write(b"%x\r\n%s\r\n" % (len(b": keep-alive\n"),
+                                                             b": keep-alive\n"))
                     handler.wfile.flush()
             if script.cut:
                 handler.connection.shutdown(socket.SHUT_RDWR)

@@ -240,3 +240,29 @@ def test_plain_http_body_limit_is_explained(fake_server, token, monkeypatch):
     with pytest.raises(ConnectError, match="use HTTPS"):
         list(upload(fake_server.url, token, io.BytesIO(b"\0" * (8 << 20)), "proj", "prod",
                     sslverify=False, connect_retries=0))
+
+
+def test_deadline_ends_a_tls_stream_kept_alive_by_comments(tls_files, token):
+    import time
+
+    with _tls_server(tls_files["good"]) as server:
+        server.then(chunks=[sse("deploy-bundle", {"msg": "Deploying bundle"})],
+                    comment_every=0.1, comment_for=10)
+        started = time.monotonic()
+        with pytest.raises(StreamTimeout, match="deadline"):
+            run(server, token, sslverify=str(tls_files["good"].ca_cert), deadline=1.0)
+        assert time.monotonic() - started < 3
+
+
+def test_events_held_by_the_caller_are_not_silence(fake_server, token):
+    import time
+
+    # The caller spends longer than the read timeout on each event: that is
+    # the caller's time, not the server's silence.
+    fake_server.then(chunks=[b"".join(highstate_events())])
+    got = []
+    for event, _ in upload(fake_server.url, token, small_tar(), "proj", "prod", sslverify=False,
+                           connect_retries=0, read_timeout=0.3):
+        got.append(event)
+        time.sleep(0.5)
+    assert got[-1] == "highstate-finish"

@@ -104,3 +104,20 @@ def test_arbitrary_bytes_never_crash(chunks):
         for event in parser.feed(chunk):
             assert isinstance(event.data, str)
     parser.close()
+
+
+def test_keepalives_do_not_move_activity_but_event_data_does():
+    parser = EventStreamParser()
+    for keepalive in (b": keep-alive\n", b":\n", b"\n", b"\r\n", b": partial comm", b"ent\n"):
+        assert parser.feed(keepalive) == []
+    assert parser.activity == 0
+    parser.feed(b"event: deploy-bundle\n")  # a field with no data yet
+    assert parser.activity == 0
+    parser.feed(b"data: {\"ms")  # half a data line: the event is arriving
+    first = parser.activity
+    assert first > 0
+    parser.feed(b"g\": \"x\"}\n")
+    second = parser.activity
+    assert second > first
+    assert [e.event for e in parser.feed(b"\n")] == ["deploy-bundle"]
+    assert parser.activity > second
