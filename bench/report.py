@@ -197,6 +197,11 @@ def render(bench: "Bench", scenarios: dict[str, Scenario], cfg, elapsed: float) 
                             f"costs {100 * (cost - 1):+.1f}% wall, "
                             f"{100 * (ratio(st.cpu, ours.cpu) - 1):+.1f}% CPU vs --no-progress "
                             f"{'✅' if cost <= 1.05 else '❌'} (goal < 5%)", spread=True))
+        if extra_rows and "ours, history on" in section:
+            st = section["ours, history on"]
+            add(row("spiro-deploy, recording the deploy in its history (a copy of the bundle)",
+                    st, f"{f2(ratio(st.wall, ow))}x wall, "
+                        f"{f2(ratio(st.cpu, ours and ours.cpu))}x CPU of --no-history", spread=True))
         add(row("curl -F bundle=@prebuilt.tar", curl,
                 ((verdict(ratio(ow, curl and curl.wall), 1.05) + " (stretch)") if goals
                  else f2(ratio(ow, curl and curl.wall)) + "x") + cpu_ratio(ours, curl),

@@ -31,6 +31,16 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
 
 
+@pytest.fixture(autouse=True)
+def _history_in_a_temp_dir(monkeypatch, tmp_path_factory):
+    """Deploys record their history by default: keep it out of the user's home.
+
+    Set in the environment so that CLI subprocesses inherit it too; tests of
+    the default location unset it themselves.
+    """
+    monkeypatch.setenv("SPIRO_HISTORY_DIR", str(tmp_path_factory.mktemp("history")))
+
+
 @pytest.fixture
 def fake_server():
     """A scriptable SpiroFS stand-in on plain HTTP (clients need insecure mode)."""
@@ -38,10 +48,12 @@ def fake_server():
         yield server
 
 
-def make_token(caveats: dict | None = None) -> str:
+def make_token(caveats: dict | list | None = None) -> str:
     """A token shaped like SpiroFS's (pymacaroons v1) with the given caveat.
 
-    The fake server does not verify signatures; the client only reads caveats.
+    ``caveats`` is one caveat (a dict) or a list of them, each a dict
+    (written as JSON) or a str (written as it is).  The fake server does not
+    verify signatures; the client only reads caveats.
     """
     caveats = {"not_before": time.time() - 10} if caveats is None else caveats
 
@@ -49,8 +61,10 @@ def make_token(caveats: dict | None = None) -> str:
         body = f"{key} {value}\n".encode()
         return b"%04x" % (len(body) + 4) + body
 
+    cids = b"".join(packet("cid", c if isinstance(c, str) else json.dumps(c))
+                    for c in (caveats if isinstance(caveats, list) else [caveats]))
     raw = (packet("location", "") + packet("identifier", "test-ident")
-           + packet("cid", json.dumps(caveats)) + packet("signature", "0" * 32))
+           + cids + packet("signature", "0" * 32))
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
