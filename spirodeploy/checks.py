@@ -8,22 +8,35 @@ the upload here.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import time
-from typing import Any
+import unicodedata
+from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, InvalidNameError, TokenExpired, TokenNotAllowed
+from .errors import ConfigError, InvalidNameError
+
+if TYPE_CHECKING:
+    from .tokens import TokenScope
 
 
 def check_name(kind: str, name: str) -> str:
     """Refuse a project or deployment name the server would mishandle.
 
     ``kind`` is ``"project"`` or ``"deployment"``; returns ``name``.
+
+    SpiroFS 0.3 joins the names, URL-quoted, into
+    ``<cachedir>/spirofs/<project>/<deployment>`` and stages a deploy in a
+    directory named after the deployment plus random letters, next to it.
+    So a name must be one plain directory name of its own: no ``/``, ``\\``
+    or ``..``; not ``.`` nor only dots (``.`` is the project's or the spirofs
+    directory itself); no leading dot (the server's staging directories for
+    such names, and any stray ones a failed deploy leaves, start with a dot);
+    no trailing dot (file systems that drop it, such as Windows' and SMB
+    shares, would map ``prod.`` onto ``prod``); no white space at either end
+    (the server strips it); no control characters; valid UTF-8.
     """
-    if not isinstance(name, str) or not name.strip():
+    if name is None or isinstance(name, str) and not name.strip():
         raise InvalidNameError(f"{kind} name is empty")
+    if not isinstance(name, str):
+        raise InvalidNameError(f"{kind} name must be text, not {type(name).__name__} {name!r}")
     if name != name.strip():
         raise InvalidNameError(f"{kind} name {name!r} has leading or trailing white space")
     for bad, why in (("/", "a '/'"), ("\\", "a backslash"), ("..", "'..'"), ("\0", "a NUL byte")):
@@ -32,8 +45,27 @@ def check_name(kind: str, name: str) -> str:
                 f"{kind} name {name!r} contains {why}; the server would write outside "
                 f"the {kind}'s directory"
             )
-    if any(ord(ch) < 32 for ch in name):
+    if not name.strip("."):
+        raise InvalidNameError(
+            f"{kind} name {name!r} is only dots; the server would deploy onto the directory "
+            "above the deployment's, replacing everything in it"
+        )
+    if name.startswith("."):
+        raise InvalidNameError(
+            f"{kind} name {name!r} starts with a dot; the server would deploy onto another "
+            "directory or one of its own staging directories"
+        )
+    if name.endswith("."):
+        raise InvalidNameError(
+            f"{kind} name {name!r} ends with a dot; some file systems drop it and would "
+            f"map it onto another {kind}"
+        )
+    if any(unicodedata.category(ch) == "Cc" for ch in name):
         raise InvalidNameError(f"{kind} name {name!r} contains a control character")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidNameError(f"{kind} name {name!r} is not valid UTF-8") from None
     return name
 
 
@@ -54,60 +86,38 @@ def clean_token(token: str | None) -> str:
 
 
 def token_caveats(token: str) -> dict[str, Any] | None:
-    """The first-party caveats of a SpiroFS macaroon, or None if unreadable.
+    """The effective first-party caveats of a SpiroFS macaroon, or None if unreadable.
 
-    SpiroFS tokens are pymacaroons v1 macaroons: base64url of packets
-    ``<4 hex digits length><key> <value>\\n``.  Caveats (``cid`` packets)
-    are readable without the key; SpiroFS puts one JSON object there with
-    ``not_before``, optional ``not_after`` and ``project_allow``.
+    Every caveat must hold on the server, so they are folded, not merged:
+    ``project_allow`` is the intersection of all of them, ``project_deny``
+    the union, ``not_after`` the earliest and ``not_before`` the latest
+    (:func:`spirodeploy.tokens.scope_of`).  Caveats the client does not
+    understand are left out here; :func:`check_token_scope` warns about them.
     """
+    from .tokens import NotAMacaroon, read_scope
+
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError):
-        return None
-    caveats: dict[str, Any] = {}
-    pos = 0
-    try:
-        while pos < len(raw):
-            size = int(raw[pos:pos + 4], 16)
-            if size < 5 or pos + size > len(raw):
-                return None
-            packet = raw[pos + 4:pos + size - 1]  # without the trailing newline
-            pos += size
-            key, _, value = packet.partition(b" ")
-            if key == b"cid":
-                parsed = json.loads(value.decode("utf-8"))
-                if isinstance(parsed, dict):
-                    caveats.update(parsed)
-    except (ValueError, UnicodeDecodeError):
+        caveats = read_scope(token).effective_caveats()
+    except NotAMacaroon:
         return None
     return caveats or None
 
 
-def check_token_scope(token: str, project: str, now: float | None = None) -> None:
+def check_token_scope(token: str, project: str, now: float | None = None) -> TokenScope:
     """Refuse a token whose own caveats say it cannot deploy ``project``.
 
-    Tokens whose caveats cannot be read are left to the server to judge.
+    Returns the token's :class:`~spirodeploy.tokens.TokenScope`; its
+    ``warnings`` say when the client cannot judge the token (a caveat it
+    does not understand, or a token it cannot read at all): the server
+    then decides, and the caller should pass the warning on.
     """
-    caveats = token_caveats(token)
-    if not caveats:
-        return
-    now = time.time() if now is None else now
-    not_after = caveats.get("not_after")
-    if isinstance(not_after, (int, float)) and now >= not_after:
-        expired = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(not_after))
-        raise TokenExpired(f"the token expired at {expired}; issue a new one "
-                           "(salt-run spiro.issue_token)")
-    not_before = caveats.get("not_before")
-    if isinstance(not_before, (int, float)) and now < not_before - 300:
-        raise TokenExpired("the token is not valid yet (its not_before is in the future); "
-                           "check the clocks")
-    allowed = caveats.get("project_allow")
-    if isinstance(allowed, list) and project not in allowed:
-        raise TokenNotAllowed(
-            f"the token may not deploy project {project!r} (it allows: "
-            f"{', '.join(map(str, allowed)) or 'no project'}); nothing was sent"
-        )
-    denied = caveats.get("project_deny")
-    if isinstance(denied, list) and project in denied:
-        raise TokenNotAllowed(f"the token may not deploy project {project!r}; nothing was sent")
+    from .tokens import NotAMacaroon, TokenScope, cannot_judge, read_scope
+
+    try:
+        scope = read_scope(token)
+    except NotAMacaroon as exc:
+        return TokenScope(warnings=[f"cannot judge the token: {exc.message}; the server decides"])
+    scope.check(project, now)
+    message = cannot_judge(scope)
+    scope.warnings = [message] if message else []
+    return scope

@@ -30,7 +30,7 @@ from .settings import Settings
 #: grains or pillar for the execution module and the state; master config
 #: for the runner).
 CONFIG_KEYS = ("server", "token", "token_file", "ssl_cert", "insecure", "timeout",
-               "connect_timeout")
+               "connect_timeout", "deadline")
 
 #: Event tags are ``spirodeploy/<project>/<deployment>/<event>``.
 TAG_PREFIX = "spirodeploy"
@@ -61,18 +61,67 @@ def config_getter(mapping: Mapping[str, Any] | None) -> ConfigGetter:
     return get
 
 
-def to_bool(value: Any, what: str = "insecure") -> bool:
-    """Read a boolean setting given as a bool, a number or YAML-ish text."""
-    if value is None or isinstance(value, bool):
+TRUE_WORDS = frozenset(("true", "yes", "on", "y", "1"))
+FALSE_WORDS = frozenset(("false", "no", "off", "n", "0"))
+
+
+def to_bool(value: Any, what: str = "insecure", default: bool = False) -> bool:
+    """Read a yes/no argument or setting the way Salt users write it.
+
+    ``True``/``False``, ``1``/``0``, or text (any case, white space
+    ignored): ``true``/``false``, ``yes``/``no``, ``on``/``off``,
+    ``y``/``n``, ``1``/``0``.  None or empty text means "not given" and
+    gives ``default``.  Anything else raises :class:`ConfigError` naming
+    ``what``: ``bool()`` would read the text ``"false"`` or ``"no"`` (from
+    pillar, an orchestration, a quoted CLI argument) as true.
+    """
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
         return bool(value)
-    if isinstance(value, (int, float)):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on", "y"):
-        return True
-    if text in ("", "0", "false", "no", "off", "n", "none"):
-        return False
-    raise ConfigError(f"{what} must be true or false, not {value!r}")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if not text:
+            return default
+        if text in TRUE_WORDS:
+            return True
+        if text in FALSE_WORDS:
+            return False
+    raise ConfigError(f"{what} must be true or false (yes/no, on/off, 1/0), not {value!r}")
+
+
+def to_source(value: Any) -> Any:
+    """``include_source`` as Salt users write it: a method, or yes/no.
+
+    ``git``, ``fs``, ``auto`` ... pass through; a yes (``True``, ``"yes"``)
+    means ``auto`` and a no (``False``, ``"false"``, ``"no"``) means no source.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or isinstance(value, str) and \
+            value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+        return "auto" if to_bool(value, "include_source") else None
+    return value
+
+
+def token_files(config_get: ConfigGetter | None = None, token_file: Any = None,
+                environ: Mapping[str, str] | None = None) -> list[str]:
+    """Every file a token may be read from here: never bundle any of them.
+
+    The explicit ``token_file``, ``spirodeploy:token_file`` and
+    ``SPIRO_TOKEN_FILE``, whichever of them the settings use (a ``token``
+    argument hides the configured file, but that file still holds a token).
+    Needs no token and reads no file, so building a bundle alone never fails
+    over the connection settings.
+    """
+    import os
+
+    environ = os.environ if environ is None else environ
+    found = [token_file, config_get(f"{TAG_PREFIX}:token_file") if config_get else None,
+             environ.get("SPIRO_TOKEN_FILE")]
+    return [str(path) for path in found if path not in (None, "", {})]
 
 
 def to_list(value: Any, what: str = "artifacts") -> list[str]:
@@ -98,6 +147,7 @@ def resolve_settings(
     connect_timeout: Any = None,
     environ: Mapping[str, str] | None = None,
     need_token: bool = True,
+    deadline: Any = None,
 ) -> Settings:
     """Connection settings: explicit values, then Salt config, then the environment.
 
@@ -122,19 +172,23 @@ def resolve_settings(
         if token is not None and token_file is not None:
             raise ConfigError("both spirodeploy:token and spirodeploy:token_file are "
                               "configured; keep one")
+    insecure_what = "insecure"
     if ssl_cert is None and insecure is None:
         ssl_cert, insecure = conf("ssl_cert"), conf("insecure")
+        insecure_what = f"{TAG_PREFIX}:insecure"
     timeout = conf("timeout") if timeout is None else timeout
     connect_timeout = conf("connect_timeout") if connect_timeout is None else connect_timeout
+    deadline = conf("deadline") if deadline is None else deadline
     return Settings.resolve(
         server=_text_or_none(server if server else conf("server")),
         token=_text_or_none(token),
         token_file=_text_or_none(token_file),
         ssl_cert=_text_or_none(ssl_cert),
-        insecure=to_bool(insecure),
-        read_timeout=None if timeout is None else _number("timeout", timeout),
+        insecure=to_bool(insecure, insecure_what),
+        read_timeout=None if timeout is None else _number("timeout", timeout, unlimited=True),
         connect_timeout=None if connect_timeout is None else _number("connect_timeout",
                                                                      connect_timeout),
+        deadline=None if deadline is None else _number("deadline", deadline, unlimited=True),
         environ=environ,
         need_token=need_token,
     )
@@ -144,11 +198,13 @@ def _text_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _number(what: str, value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a number of seconds, not {value!r}") from None
+def _number(what: str, value: Any, unlimited: bool = False) -> float:
+    # Checked here so the message names the Salt argument; Settings maps 0
+    # and inf to "no limit" where there is one.
+    from .client import check_timeout
+
+    check_timeout(what, value, unlimited=unlimited)
+    return float(value)
 
 
 # --- returns -------------------------------------------------------------------
@@ -203,8 +259,9 @@ def check_token(settings: Settings, project: str | None = None) -> dict[str, Any
     if project is not None:
         check_name("project", project)
     ask_server(settings.server, settings.token, settings.sslverify, settings.connect_timeout)
+    warnings: list[str] = []
     if project is not None:
-        check_token_scope(settings.token, project)
+        warnings = check_token_scope(settings.token, project).warnings
     caveats = token_caveats(settings.token) or {}
     not_after = caveats.get("not_after")
     allowed = caveats.get("project_allow")
@@ -219,6 +276,9 @@ def check_token(settings: Settings, project: str | None = None) -> dict[str, Any
     if project is not None:
         ret["project"] = project
         ret["message"] += f" and it may deploy project {project}"
+        if warnings:
+            ret["message"] += " as far as the client can judge"
+            ret["warnings"] = warnings
     return ret
 
 
@@ -233,7 +293,15 @@ def shown_server(settings: Settings | None, server: str | None) -> str | None:
 # --- the event bus -------------------------------------------------------------
 
 def event_tag(project: str, deployment: str, event: str) -> str:
-    """``spirodeploy/<project>/<deployment>/<event>``."""
+    """``spirodeploy/<project>/<deployment>/<event>``.
+
+    The names are checked: a reactor matching ``spirodeploy/myproj/*`` must
+    not be reached by a name holding ``/``.
+    """
+    from .checks import check_name
+
+    check_name("project", project)
+    check_name("deployment", deployment)
     return f"{TAG_PREFIX}/{project}/{deployment}/{event}"
 
 

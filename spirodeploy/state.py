@@ -92,7 +92,15 @@ def parse_manifest(text: Any) -> dict | None:
 
 
 def record_path(cachedir: str, project: str, deployment: str) -> str:
-    """Where this host records its last deploy of ``project``/``deployment``."""
+    """Where this host records its last deploy of ``project``/``deployment``.
+
+    The names are checked first: ``.`` or ``..`` would put the record
+    somewhere else under (or above) the cachedir.
+    """
+    from .checks import check_name
+
+    check_name("project", project)
+    check_name("deployment", deployment)
     return os.path.join(cachedir, "spirodeploy", "deployed", quote(project, safe=""),
                         quote(deployment, safe="") + ".json")
 

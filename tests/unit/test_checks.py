@@ -27,6 +27,20 @@ def test_good_names_pass(name):
     assert check_name("project", name) == name
 
 
+@pytest.mark.parametrize("name, why", [
+    (".", "only dots"), ("...", "'..'"), (".hidden", "starts with a dot"),
+    (".prod", "starts with a dot"), ("prod.", "ends with a dot"),
+    ("a\x7fb", "control character"), ("a\x9bb", "control character"),
+    ("a\udcffb", "not valid UTF-8"), (None, "empty"), (2024, "must be text"),
+])
+def test_names_the_server_would_map_onto_another_directory_are_refused(name, why):
+    """SpiroFS joins the names into a path: '.' is the project's directory itself,
+    dot-prefixed names are its staging directories (issue 11, item 3)."""
+    with pytest.raises(InvalidNameError, match=why) as info:
+        check_name("project", name)
+    assert info.value.exit_code == ExitCode.USAGE
+
+
 def test_token_cleaning():
     assert clean_token("abc\n") == "abc"
     for bad in (None, "", "  \n", "ab\ncd", "ab cd"):
@@ -51,7 +65,8 @@ def test_token_scope_and_expiry():
         check_token_scope(make_token({"not_before": now - 5, "project_allow": ["web"]}), "db")
     with pytest.raises(TokenExpired, match="expired"):
         check_token_scope(make_token({"not_before": now - 50, "not_after": now - 1}), "web")
-    check_token_scope("not-a-macaroon!", "web")  # unreadable: the server decides
+    # Unreadable: the server decides, and the caller is told the client cannot judge it.
+    assert "cannot judge" in check_token_scope("not-a-macaroon!", "web").warnings[0]
 
 
 @pytest.mark.parametrize("url,verify,message", [

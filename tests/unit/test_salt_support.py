@@ -12,7 +12,7 @@ import pytest
 
 from spirodeploy import saltloader, saltsupport
 from spirodeploy import state as spirostate
-from spirodeploy.errors import ConfigError, ConnectError
+from spirodeploy.errors import ConfigError, ConnectError, InvalidNameError
 from spirodeploy.report import DeployReport
 from tests.conftest import REPO, make_token
 
@@ -107,6 +107,53 @@ def test_to_bool(value, expected):
 def test_to_bool_refuses_nonsense():
     with pytest.raises(ConfigError):
         saltsupport.to_bool("maybe")
+
+
+@pytest.mark.parametrize("value", [True, 1, 1.0, "1", "true", "True", "TRUE", "yes", "Yes",
+                                   "on", "ON", " y "])
+def test_to_bool_reads_yes_the_way_salt_users_write_it(value):
+    assert saltsupport.to_bool(value, "highstate", default=False) is True
+
+
+@pytest.mark.parametrize("value", [False, 0, 0.0, "0", "false", "False", "FALSE", "no", "No",
+                                   "off", "Off", "n"])
+def test_to_bool_reads_no_the_way_salt_users_write_it(value):
+    """bool("false") and bool("no") are True: that wiped saltenvs (issue 11, item 6)."""
+    assert saltsupport.to_bool(value, "allow_empty", default=True) is False
+
+
+@pytest.mark.parametrize("value", [None, "", "  "])
+def test_to_bool_not_given_is_the_default(value):
+    assert saltsupport.to_bool(value, "highstate", default=True) is True
+    assert saltsupport.to_bool(value, "allow_empty", default=False) is False
+
+
+@pytest.mark.parametrize("value", ["maybe", "nope", "2", 2, -1, 0.5, [], ["no"], {"a": 1},
+                                   "none"])
+def test_to_bool_refuses_what_it_cannot_read_naming_the_argument(value):
+    with pytest.raises(ConfigError, match=r"^allow_empty must be true or false"):
+        saltsupport.to_bool(value, "allow_empty")
+
+
+def test_a_configured_insecure_that_cannot_be_read_names_the_setting():
+    config = getter({"spirodeploy:insecure": "sometimes", "spirodeploy:token": TOKEN})
+    with pytest.raises(ConfigError, match="spirodeploy:insecure must be true or false"):
+        saltsupport.resolve_settings(config, server="https://s/", environ={})
+
+
+@pytest.mark.parametrize("text", ["false", "no", "off", "0"])
+def test_a_configured_insecure_false_as_text_keeps_tls_checks(text):
+    config = getter({"spirodeploy:insecure": text, "spirodeploy:token": TOKEN})
+    settings = saltsupport.resolve_settings(config, server="https://s/", environ={})
+    assert settings.insecure is False
+
+
+def test_token_files_lists_every_place_a_token_file_is_named():
+    config = getter({"spirodeploy:token_file": "/etc/conf.token"})
+    assert saltsupport.token_files(config, "/arg.token", {"SPIRO_TOKEN_FILE": "/env.token"}) \
+        == ["/arg.token", "/etc/conf.token", "/env.token"]
+    assert saltsupport.token_files(getter({}), None, {}) == []
+    assert saltsupport.token_files(None, None, {"SPIRO_TOKEN_FILE": ""}) == []
 
 
 def test_to_list():
@@ -277,16 +324,32 @@ def test_parse_manifest():
 
 
 def test_records_round_trip(tmp_path):
-    path = spirostate.record_path(str(tmp_path), "my proj", "a/b")
-    assert path.startswith(str(tmp_path)) and "a%2Fb.json" in path
+    path = spirostate.record_path(str(tmp_path), "my proj", "a%b")
+    assert path.startswith(str(tmp_path)) and "a%25b.json" in path
     assert spirostate.read_record(path) is None
     m = manifest(("top.sls", "a"))
-    written = spirostate.write_record(path, project="my proj", deployment="a/b", manifest=m,
+    written = spirostate.write_record(path, project="my proj", deployment="a%b", manifest=m,
                                       sha256="f" * 64, succeeded=True, now=5)
     assert spirostate.read_record(path) == written
     assert written["digest"] == m["digest"] and written["time"] == 5
     Path(path).write_text("{broken")
     assert spirostate.read_record(path) is None
+
+
+@pytest.mark.parametrize("project, deployment", [(".", "prod"), ("..", "prod"),
+                                                 ("proj", "."), ("proj", ".."),
+                                                 ("proj", ".hidden"), ("proj", "a/b")])
+def test_record_path_refuses_names_that_leave_its_directory(tmp_path, project, deployment):
+    """'.' would put the record of proj/'.' into the records of every project."""
+    with pytest.raises(InvalidNameError):
+        spirostate.record_path(str(tmp_path), project, deployment)
+
+
+@pytest.mark.parametrize("project, deployment", [(".", "prod"), ("proj", "a/b"),
+                                                 ("proj", ".")])
+def test_event_tags_refuse_bad_names(project, deployment):
+    with pytest.raises(InvalidNameError):
+        saltsupport.bus_event(project, deployment, "deploy-bundle", {"msg": "x"})
 
 
 def test_the_server_manifest_wins_over_the_record():
@@ -393,3 +456,12 @@ def test_saltloader_does_not_import_salt():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, None), ("", None), (False, None), ("false", None), ("No", None), ("off", None),
+    (True, "auto"), ("yes", "auto"), ("True", "auto"), ("git", "git"), ("fs", "fs"),
+    ("auto", "auto")])
+def test_include_source_reads_yes_no_too(value, expected):
+    """include_source: "false" from pillar is no source, not an unknown method."""
+    assert saltsupport.to_source(value) == expected
