@@ -1,7 +1,5 @@
 """``python -m spirodeploy``: the same as the ``spiro-deploy`` command."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

@@ -34,7 +34,12 @@ environment:
   SPIRO_URL         server URL (default https://salt:4510/)
   SPIRO_TOKEN_FILE  file holding the token (preferred in CI: not visible in ps)
   SPIRO_TOKEN       the token itself
+  SPIRO_HISTORY_DIR where deploys are recorded (default
+                    $XDG_STATE_HOME/spiro-deploy or ~/.local/state/spiro-deploy)
   NO_COLOR          set to disable colour
+
+tokens: spiro-token narrows a token to some projects and a short lifetime, and
+inspects tokens (spiro-token --help)
 """
 
 SOURCE_METHODS = ("git", "fs", "filesystem", "auto")
@@ -71,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the bundle to FILE")
     bundle.add_argument("--manifest", action="store_true",
                         help="with --dry-run, list every file with its size and sha256")
+    compress = bundle.add_mutually_exclusive_group()
+    compress.add_argument("--compress", nargs="?", const="gzip", default=None,
+                          choices=("gzip",), metavar="gzip",
+                          help="upload (and --output) the bundle gzip-compressed, "
+                               "compressed as it is built (default: off)")
+    compress.add_argument("--no-compress", dest="compress", action="store_const", const=None,
+                          help="upload the plain tar (the default)")
 
     deploy = parser.add_argument_group("deploy")
     highstate = deploy.add_mutually_exclusive_group()
@@ -97,10 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="verify the server with this CA or certificate (PEM)")
     tls.add_argument("--insecure", action="store_true",
                      help="do not verify the server, and allow plain http:// (dangerous)")
-    server.add_argument("--timeout", type=float, metavar="SECONDS",
-                        help="give up when the server is silent this long (default 3600)")
-    server.add_argument("--connect-timeout", type=float, default=20, metavar="SECONDS",
+    server.add_argument("--timeout", type=_seconds_or_no_limit, metavar="SECONDS",
+                        help="give up when the server sends no event this long; keep-alive "
+                             "comments do not count (default 3600; 0 or inf: no limit)")
+    server.add_argument("--connect-timeout", type=_seconds, default=20, metavar="SECONDS",
                         help="give up connecting after this long (default 20)")
+    server.add_argument("--deadline", type=_seconds_or_no_limit, metavar="SECONDS",
+                        help="give up this long after the upload started, whatever the server "
+                             "sends (exit 6; the deploy may still run on the server). "
+                             "Default: none")
 
     output = parser.add_argument_group("output")
     output.add_argument("--json", action="store_true",
@@ -108,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--no-progress", action="store_true",
                         help="no upload progress bar (it is only drawn on a terminal)")
     output.add_argument("--version", action="version", version=f"spiro-deploy {__version__}")
+    from .historycli import add_options as add_history_options
+
+    add_history_options(parser)
     return parser
 
 
@@ -117,23 +137,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .output import HumanPrinter, JsonPrinter
 
     printer = JsonPrinter() if args.json else HumanPrinter(progress=False if args.no_progress else None)
+    # The token is masked in everything printed; _run adds the one it reads
+    # from a token file.
+    printer.hide(args.token, os.environ.get("SPIRO_TOKEN"))
+    watch = _Watch()
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return _run(args, printer)
+        return _run(args, printer, watch)
     except SpiroDeployError as exc:
         return _fail(printer, exc.message, exc.exit_code)
     except KeyboardInterrupt:
-        return _fail(printer, "interrupted before the upload: nothing was sent",
-                     ExitCode.INTERRUPTED)
+        # Also reached by a second signal while the first one is being handled
+        # (the report was lost): say what the deploy had got to, not a guess.
+        return _fail(printer, watch.interrupted(), ExitCode.INTERRUPTED)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run(args: argparse.Namespace, printer) -> int:
+def _run(args: argparse.Namespace, printer, watch: _Watch) -> int:
     from .checks import check_name
 
     check_name("project", args.project)
     check_name("deployment", args.deployment)
+    from .historycli import HistoryCLI
+
+    history = HistoryCLI(args, printer)
+    if args.history:
+        return history.list()  # no server needed
     settings = None
     if not args.dry_run:
         from .settings import Settings
@@ -143,31 +173,43 @@ def _run(args: argparse.Namespace, printer) -> int:
             server=args.server, token=args.token, token_file=args.token_file,
             ssl_cert=args.ssl_cert, insecure=args.insecure,
             connect_timeout=args.connect_timeout, read_timeout=args.timeout,
+            deadline=args.deadline,
         )
+        printer.hide(settings.token)
         if settings.insecure:
             printer.warn("--insecure: the server is not authenticated; do not use this in "
                          "production")
-    callbacks = {"on_event": printer.event, "on_progress": printer.progress}
+    callbacks = {"on_event": watch.on_event(printer.event),
+                 "on_progress": watch.on_progress(printer.progress)}
+
+    if history.action:
+        return history.run_action(settings, callbacks)
 
     if args.bundle:
         if args.dry_run:
             raise UsageError("--bundle cannot be combined with --dry-run")
+        if args.compress:
+            raise UsageError("--compress applies to bundles built here; --bundle uploads the "
+                             "plain tar it checked")
         from .deploy import deploy_file
 
-        report = deploy_file(args.bundle, args.project, args.deployment, settings,
-                             highstate=args.highstate, **callbacks)
+        report = history.deploy(settings, callbacks, lambda recording: deploy_file(
+            args.bundle, args.project, args.deployment, settings, highstate=args.highstate,
+            history=recording, **callbacks))
         printer.finish(report)
-        return int(report.exit_code)
+        return history.exit_code(report)
 
     if args.dry_run:
         from .builder import build_bundle  # and nothing of the network side
+        from .compress import build_compressed
 
         # The same files as a real deploy would send: the token file stays out.
         token_files = [path for path in (args.token_file, os.environ.get("SPIRO_TOKEN_FILE"))
                        if path]
-        with build_bundle(args.directory, artifacts=args.artifact,
-                          include_source=args.include_source, output=args.output,
-                          allow_empty=args.allow_empty, exclude=token_files) as bundle:
+        build = build_compressed if args.compress else build_bundle
+        with build(args.directory, artifacts=args.artifact,
+                   include_source=args.include_source, output=args.output,
+                   allow_empty=args.allow_empty, exclude=token_files) as bundle:
             for warning in bundle.warnings:
                 printer.warn(warning)
             printer.bundle(bundle, verbose=args.manifest)
@@ -175,24 +217,68 @@ def _run(args: argparse.Namespace, printer) -> int:
 
     from .deploy import deploy
 
-    report = deploy(
+    report = history.deploy(settings, callbacks, lambda recording: deploy(
         args.project, args.deployment, settings, root=args.directory, artifacts=args.artifact,
         include_source=args.include_source, highstate=args.highstate,
         allow_empty=args.allow_empty, output=args.output, stream=args.stream,
-        on_bundle=lambda bundle: printer.deploying(bundle, args.project, args.deployment),
-        on_warning=printer.warn, **callbacks,
-    )
+        compress=args.compress, on_bundle=lambda bundle: printer.deploying(bundle, args.project, args.deployment),
+        on_warning=printer.warn, history=recording, **callbacks,
+    ))
     printer.finish(report)
     if report.error and not args.json:
-        print(f"spiro-deploy: error: {report.error}", file=sys.stderr, flush=True)
-    return int(report.exit_code)
+        printer.error(report.error)
+    return history.exit_code(report)
 
 
 def _fail(printer, message: str, exit_code: int) -> int:
-    print(f"spiro-deploy: error: {message}", file=sys.stderr, flush=True)
-    if hasattr(printer, "error"):
-        printer.error(message, int(exit_code))
+    # Through the printer: it masks the token and escapes control characters
+    # (an error can quote a server's body).
+    printer.error(message, int(exit_code))
     return int(exit_code)
+
+
+class _Watch:
+    """How far the deploy got, from the callbacks, for the interrupted message."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.total: int | None = None
+        self.report = None
+
+    def on_progress(self, callback):
+        def progress(sent: int, total: int | None) -> None:
+            self.sent, self.total = sent, total
+            callback(sent, total)
+        return progress
+
+    def on_event(self, callback):
+        def event(name: str, data: dict, report) -> None:
+            self.report = report
+            callback(name, data, report)
+        return event
+
+    def interrupted(self) -> str:
+        if self.report is None and not self.sent:
+            return "interrupted before the upload: nothing was sent"
+        from .deploy import interrupted_error
+
+        return interrupted_error(self.report, self.sent, self.total).message
+
+
+def _seconds(text: str, unlimited: bool = False) -> float:
+    # argparse turns ArgumentTypeError into "argument --x: <message>", exit 2.
+    from .client import check_timeout
+    from .errors import ConfigError
+
+    try:
+        check_timeout("the value", text, unlimited=unlimited)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return float(text)  # Settings maps 0 and inf to "no limit"
+
+
+def _seconds_or_no_limit(text: str) -> float:
+    return _seconds(text, unlimited=True)
 
 
 def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -203,4 +289,9 @@ def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
 
 def run() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    code = main()
+    # main has said how the deploy ended; a further SIGTERM (CI runners often
+    # send more than one) must not turn that exit status into a kill while
+    # the interpreter exits.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(code)

@@ -3,6 +3,11 @@
 Both printers take the same callbacks from :mod:`spirodeploy.deploy` and
 the same :class:`~spirodeploy.report.DeployReport` at the end.  Colour is
 used only on a terminal and never with ``NO_COLOR`` set.
+
+Everything they print passes through :mod:`spirodeploy.sanitize`: the
+secrets they were given (:meth:`HumanPrinter.hide`) are masked, and the
+human printer shows terminal control characters as escapes, since server
+messages, minion ids and state comments are not ours to trust.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import json
 import os
 import sys
 from typing import IO, TYPE_CHECKING, Any
+
+from .sanitize import clean, scrub
 
 if TYPE_CHECKING:  # a build-only run (--dry-run) never needs the report module
     from .report import DeployReport, MinionResult
@@ -30,13 +37,20 @@ class HumanPrinter:
     """Readable lines: one per stage, a block per minion, a closing summary."""
 
     def __init__(self, out: IO[str] | None = None, err: IO[str] | None = None,
-                 colour: bool | None = None, progress: bool | None = None):
+                 colour: bool | None = None, progress: bool | None = None,
+                 secrets: tuple[str | None, ...] = ()):
         # Looked up now, not at import: the streams may have been replaced.
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.colour = use_colour(self.out) if colour is None else colour
         self.show_progress = _isatty(self.err) if progress is None else progress
+        self.secrets: list[str] = []
+        self.hide(*secrets)
         self._bar = None
+
+    def hide(self, *secrets: str | None) -> None:
+        """Mask these (the token) in everything printed from now on."""
+        self.secrets.extend(secret for secret in secrets if secret)
 
     def paint(self, text: str, *styles: str) -> str:
         if not self.colour or not styles:
@@ -44,11 +58,17 @@ class HumanPrinter:
         codes = ";".join(_CODES[style] for style in styles)
         return f"\033[{codes}m{text}\033[0m"
 
-    def line(self, text: str = "") -> None:
-        print(text, file=self.out, flush=True)
+    def line(self, text: str = "", *styles: str) -> None:
+        """Print one line: secrets masked, control characters escaped, then painted."""
+        print(self.paint(clean(text, self.secrets), *styles), file=self.out, flush=True)
 
     def warn(self, text: str) -> None:
-        print(self.paint(f"Warning: {text}", "yellow"), file=self.err, flush=True)
+        print(self.paint(clean(f"Warning: {text}", self.secrets), "yellow"), file=self.err,
+              flush=True)
+
+    def error(self, message: str, exit_code: int | None = None) -> None:
+        """The one-line error the command ends with (on stderr)."""
+        print(clean(f"spiro-deploy: error: {message}", self.secrets), file=self.err, flush=True)
 
     def bundle(self, bundle: Any, verbose: bool = False) -> None:
         """What was bundled: counts, size, digest and, if asked, the files."""
@@ -89,9 +109,13 @@ class HumanPrinter:
 
         message = str(data.get("msg", ""))
         if event == "exception":
-            self.line(self.paint(f"Server error: {message.strip()}", "red", "bold"))
+            # A formatted traceback: its lines are shown as lines, each escaped.
+            first, *rest = message.strip().splitlines() or [""]
+            self.line(f"Server error: {first}", "red", "bold")
+            for text in rest:
+                self.line(text, "red")
         elif event in KNOWN_EVENTS:
-            self.line(self.paint(message or event, "cyan"))
+            self.line(message or event, "cyan")
         else:
             # Unknown to this client, perhaps from a newer server: show it.
             self.line(f"[{event}] {message or json.dumps(data, sort_keys=True)}")
@@ -108,25 +132,25 @@ class HumanPrinter:
             if minion.retcode and not counts["failed"]:
                 head += f", retcode {minion.retcode}"
             style = "green" if minion.succeeded else "red"
-        self.line(self.paint(f"== {head} ==", style, "bold"))
+        self.line(f"== {head} ==", style, "bold")
         for error in minion.errors:
             for text in error.strip().splitlines() or [""]:
-                self.line(self.paint(f"  {text}", "red"))
+                self.line(f"  {text}", "red")
         for state in minion.failed_states:
-            self.line(self.paint(f"  FAILED   {state.function or '?'} {state.id}", "red"))
+            self.line(f"  FAILED   {state.function or '?'} {state.id}", "red")
             self._comment(state.comment, "red")
         for state in minion.changed_states:
-            self.line(self.paint(f"  changed  {state.function or '?'} {state.id}", "green"))
+            self.line(f"  changed  {state.function or '?'} {state.id}", "green")
             self._comment(state.comment, "dim")
 
     def _comment(self, comment: str, style: str) -> None:
         for text in comment.strip().splitlines()[:20]:
-            self.line(self.paint(f"           {text}", style))
+            self.line(f"           {text}", style)
 
     def finish(self, report: DeployReport) -> None:
         self._close_bar()
         style = "green" if report.succeeded else "red"
-        self.line(self.paint(report.summary(), style, "bold"))
+        self.line(report.summary(), style, "bold")
 
     def _close_bar(self) -> None:
         if self._bar is not None:
@@ -137,15 +161,25 @@ class HumanPrinter:
 class JsonPrinter:
     """One JSON object per line: each event, then ``{"report": ...}``."""
 
-    def __init__(self, out: IO[str] | None = None, err: IO[str] | None = None):
+    def __init__(self, out: IO[str] | None = None, err: IO[str] | None = None,
+                 secrets: tuple[str | None, ...] = ()):
         self.out = out or sys.stdout
         self.err = err or sys.stderr
+        self.secrets: list[str] = []
+        self.hide(*secrets)
+
+    def hide(self, *secrets: str | None) -> None:
+        """Mask these (the token) in everything printed from now on."""
+        self.secrets.extend(secret for secret in secrets if secret)
 
     def _emit(self, obj: dict[str, Any]) -> None:
-        print(json.dumps(obj, sort_keys=True), file=self.out, flush=True)
+        # json.dumps escapes every control and non-ASCII character (C1,
+        # U+2028, bidi overrides) as \uXXXX, and a token's characters need no
+        # escaping, so masking the encoded line finds it in any string or key.
+        print(scrub(json.dumps(obj, sort_keys=True), self.secrets), file=self.out, flush=True)
 
     def warn(self, text: str) -> None:
-        print(f"Warning: {text}", file=self.err, flush=True)
+        print(clean(f"Warning: {text}", self.secrets), file=self.err, flush=True)
 
     def bundle(self, bundle: Any, verbose: bool = False) -> None:
         self._emit({"bundle": {"sha256": bundle.sha256, "size": bundle.size,
@@ -164,6 +198,8 @@ class JsonPrinter:
         self._emit({"report": report.to_dict()})
 
     def error(self, message: str, exit_code: int) -> None:
+        """The error the command ends with: a line on stderr and a JSON object."""
+        print(clean(f"spiro-deploy: error: {message}", self.secrets), file=self.err, flush=True)
         self._emit({"error": {"message": message, "exit_code": exit_code}})
 
 

@@ -5,10 +5,25 @@ It knows the SpiroFS protocol (``deploy-bundle``, ``highstate-*``,
 ``exception``) and the shapes Salt's ``cmd_iter`` gives per minion: a dict of
 state results, a list of render errors, a plain string, or ``failed: true``
 when the minion did not answer.
+
+It only counts as success what it saw succeed, since a server (or anything
+between it and us) can send events in any order and of any shape:
+
+* a minion succeeded only if its return is a non-empty dict of states, each
+  with ``result`` exactly ``True`` (or ``None``: Salt's "would change" of a
+  test run, which Salt's own retcode does not count as a failure), and its
+  ``retcode``, when given, is the integer 0.  ``"False"``, ``"2"``, ``{}``,
+  ``null`` and a missing ``result`` are failures;
+* a minion's first failure sticks: a later ``highstate-update`` for it
+  cannot turn it into a success;
+* the expected minions only grow: a second ``highstate-start`` adds to them;
+* a deploy the server never announced (no ``deploy-bundle`` before the end)
+  did not happen.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,16 +86,25 @@ class MinionResult:
             report.no_response = True
             return report
         retcode = result.get("retcode")
-        report.retcode = retcode if isinstance(retcode, int) else None
+        if retcode is not None:
+            report.retcode = _retcode(retcode)
+            if report.retcode is None:
+                report.errors.append(f"the minion returned a retcode that is not a number: "
+                                     f"{_text(retcode)}")
         ret = result.get("ret")
-        if isinstance(ret, dict):
+        if isinstance(ret, dict) and ret:
             report.states = sorted(
                 (_state_result(key, value) for key, value in ret.items()),
                 key=lambda state: (state.run_num, state.id),
             )
-        elif isinstance(ret, list):
+        elif isinstance(ret, list) and ret:
             report.errors.extend(_text(item) for item in ret)
-        elif ret is not None:
+        elif isinstance(ret, str) and ret:
+            report.errors.append(ret)
+        elif "ret" not in result or ret in (None, {}, [], ""):
+            # Nothing ran, or nothing says it did: not a success.
+            report.errors.append("the minion returned no state results")
+        else:
             report.errors.append(_text(ret))
         return report
 
@@ -104,6 +128,7 @@ class MinionResult:
         return (
             not self.no_response
             and not self.errors
+            and bool(self.states)
             and not self.failed_states
             and not self.retcode
         )
@@ -151,13 +176,24 @@ class DeployReport:
         """Fold one event into the report."""
         self.events.append((event, data))
         if event == "highstate-start":
-            minions = data.get("minions") or []
-            self.minions_expected = [str(minion) for minion in minions]
+            # Only ever add: a second start must not forget a minion that was
+            # expected and never reported.
+            minions = data.get("minions")
+            if isinstance(minions, str):
+                minions = [minions]
+            for minion in minions if isinstance(minions, list) else []:
+                if str(minion) not in self.minions_expected:
+                    self.minions_expected.append(str(minion))
         elif event == "highstate-update":
             minion = str(data.get("minion"))
-            self.minions[minion] = MinionResult.from_event(minion, data.get("result"))
+            result = MinionResult.from_event(minion, data.get("result"))
+            earlier = self.minions.get(minion)
+            # The first failure sticks: a later update cannot make it a success.
+            if earlier is None or earlier.succeeded:
+                self.minions[minion] = result
         elif event == "highstate-finish":
-            self.finished = True
+            # Finished only if the deploy was announced first.
+            self.finished = self.deployed
         elif event == "exception":
             self.exception = str(data.get("msg", ""))
 
@@ -208,7 +244,7 @@ class DeployReport:
             return self.error_exit_code
         if self.exception is not None or self.failed:
             return ExitCode.DEPLOY_FAILED
-        if not self.finished:
+        if not self.finished or not self.deployed:
             return ExitCode.STREAM
         if self.unreported:
             return ExitCode.UNREPORTED
@@ -221,6 +257,9 @@ class DeployReport:
             return f"Deploy of {target} did not complete: {self.error}"
         if self.exception is not None:
             return f"Deploy of {target} failed on the server: {_headline(self.exception)}"
+        if not self.deployed:
+            return (f"Deploy of {target} did not complete: the server never said it was "
+                    "deploying the bundle")
         if not self.highstate:
             return f"Deployed {target} (no highstate)" if self.finished else f"Deploy of {target} did not complete"
         parts = [f"{len(self.minions)} of {len(self.minions_expected)} minions reported"]
@@ -228,6 +267,8 @@ class DeployReport:
             parts.append("failed: " + ", ".join(self.failed))
         if self.unreported:
             parts.append("never reported: " + ", ".join(self.unreported))
+        if not self.finished:
+            parts.append("the server never said the highstate finished")
         return f"Deployed {target}: " + "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -262,16 +303,28 @@ def _state_result(key: str, value: Any) -> StateResult:
     state_id = parts[1] if len(parts) == 4 else str(key)
     function = f"{parts[0]}.{parts[3]}" if len(parts) == 4 else ""
     value = value if isinstance(value, dict) else {"result": False, "comment": _text(value)}
-    result = value.get("result")
+    # Strict: "True", "False", 1 or a missing result are not a success.
+    result = value.get("result", False)
     return StateResult(
         id=str(value.get("__id__", state_id)),
         name=str(value.get("name", parts[2] if len(parts) == 4 else "")),
         function=function,
-        result=result if result in (True, False, None) else bool(result),
+        result=result if result is True or result is None else False,
         comment=_text(value.get("comment", "")),
         changed=bool(value.get("changes")),
         run_num=value.get("__run_num__", 0) if isinstance(value.get("__run_num__"), int) else 0,
     )
+
+
+def _retcode(value: Any) -> int | None:
+    """A retcode as an int; None if it is not one (``"2"`` is read as 2)."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):
+        return int(value)
+    return None
 
 
 def _text(value: Any) -> str:

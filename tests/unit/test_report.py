@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from spirodeploy.errors import ExitCode, StreamCut
 from spirodeploy.report import DeployReport
 
@@ -136,3 +138,101 @@ def test_unknown_event_is_kept_not_fatal():
 def test_to_dict_is_json_serialisable():
     report = fold(start("w") + [update("w", {"ret": {**FAILED_STATE}, "retcode": 2}), FINISH])
     assert json.loads(json.dumps(report.to_dict()))["minions"]["failed"] == ["w"]
+
+
+# --- the report counts as success only what it saw succeed (issue 11, item 8) ---
+
+def test_a_later_success_cannot_overwrite_a_failure():
+    report = fold(start("web1") + [update("web1", {"ret": FAILED_STATE, "retcode": 2}),
+                                   update("web1", {"ret": OK_STATE, "retcode": 0}), FINISH])
+    assert report.failed == ["web1"] and report.exit_code == ExitCode.DEPLOY_FAILED
+    assert report.minions["web1"].failed_states[0].id == "broken"
+
+
+def test_a_later_failure_still_fails_a_success():
+    report = fold(start("web1") + [update("web1", {"ret": OK_STATE, "retcode": 0}),
+                                   update("web1", {"ret": FAILED_STATE, "retcode": 2}), FINISH])
+    assert report.failed == ["web1"] and report.exit_code == ExitCode.DEPLOY_FAILED
+
+
+def test_a_second_highstate_start_only_adds_expected_minions():
+    report = fold(start("web1", "web2") + [
+        ("highstate-start", {"msg": "Highstating 1 minions: web1", "minions": ["web1"]}),
+        update("web1", {"ret": OK_STATE, "retcode": 0}), FINISH])
+    assert report.minions_expected == ["web1", "web2"]
+    assert report.unreported == ["web2"] and report.exit_code == ExitCode.UNREPORTED
+
+
+def test_minions_given_as_a_string_are_one_minion_not_its_letters():
+    report = fold([("deploy-bundle", {"msg": "Deploying"}),
+                   ("highstate-start", {"msg": "Highstating", "minions": "web1"}), FINISH])
+    assert report.minions_expected == ["web1"] and report.exit_code == ExitCode.UNREPORTED
+
+
+def test_a_stream_without_deploy_bundle_is_not_a_success():
+    report = fold([FINISH])
+    assert not report.succeeded and report.exit_code == ExitCode.STREAM
+    assert "never said it was deploying" in report.summary()
+    # Nor with minions that all reported, nor when the announcement comes last.
+    report = fold(start("web1")[1:] + [update("web1", {"ret": OK_STATE, "retcode": 0}), FINISH,
+                                       ("deploy-bundle", {"msg": "Deploying bundle"})])
+    assert not report.finished and report.exit_code == ExitCode.STREAM
+
+
+def test_without_highstate_a_clean_end_needs_deploy_bundle():
+    report = fold([], highstate=False)
+    assert not report.succeeded and report.exit_code == ExitCode.STREAM
+
+
+@pytest.mark.parametrize("result", [
+    {},                                  # result: {} (no ret at all)
+    {"ret": None, "retcode": 0},         # ret: null
+    {"ret": {}, "retcode": 0},           # ret: {} (no state ran)
+    {"ret": [], "retcode": 0},
+    {"ret": "", "retcode": 0},
+    None,
+], ids=["result-empty", "ret-null", "ret-empty-dict", "ret-empty-list", "ret-empty-str",
+        "result-null"])
+def test_an_empty_return_is_not_a_success(result):
+    report = fold(start("web1") + [update("web1", result), FINISH])
+    assert report.failed == ["web1"] and report.exit_code == ExitCode.DEPLOY_FAILED
+    assert not report.minions["web1"].succeeded
+
+
+@pytest.mark.parametrize("retcode", ["2", "x", 2.0, [0], True])
+def test_a_retcode_that_is_not_the_integer_0_fails(retcode):
+    report = fold(start("web1") + [update("web1", {"ret": OK_STATE, "retcode": retcode}),
+                                   FINISH])
+    assert report.failed == ["web1"] and report.exit_code == ExitCode.DEPLOY_FAILED
+
+
+def test_a_string_retcode_is_read_as_its_number():
+    report = fold(start("web1") + [update("web1", {"ret": OK_STATE, "retcode": "2"}), FINISH])
+    assert report.minions["web1"].retcode == 2
+
+
+@pytest.mark.parametrize("value", ["False", "True", 1, 0, "", [], {"x": 1}, "missing"])
+def test_a_state_result_that_is_not_true_or_none_fails(value):
+    state = dict(OK_STATE["file_|-hello_|-/srv/hello_|-managed"])
+    if value == "missing":
+        del state["result"]
+    else:
+        state["result"] = value
+    report = fold(start("web1") + [update("web1", {"ret": {"file_|-hello_|-/srv/hello_|-managed":
+                                                           state}, "retcode": 0}), FINISH])
+    assert report.failed == ["web1"] and report.exit_code == ExitCode.DEPLOY_FAILED
+    assert report.minions["web1"].failed_states[0].id == "hello"
+
+
+def test_a_none_state_result_is_not_a_failure():
+    # Salt's "would change" (test runs): its own retcode does not fail it.
+    state = dict(OK_STATE["file_|-hello_|-/srv/hello_|-managed"], result=None)
+    report = fold(start("web1") + [update("web1", {"ret": {"k_|-hello_|-x_|-f": state},
+                                                   "retcode": 0}), FINISH])
+    assert report.succeeded
+
+
+def test_a_stream_that_ends_before_highstate_finish_says_so():
+    report = fold(start("web1") + [update("web1", {"ret": OK_STATE, "retcode": 0})])
+    assert report.exit_code == ExitCode.STREAM
+    assert "never said the highstate finished" in report.summary()

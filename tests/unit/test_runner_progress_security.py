@@ -1,0 +1,47 @@
+"""The runner's progress lines carry server text: no token, no terminal control
+(issue 11, items 5 and 11), with the loader fixtures of test_salt_runner."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.fakeserver import sse
+from tests.unit.test_salt_runner import (  # noqa: F401 - fixtures used by name
+    TOKEN,
+    configure_loader_modules,
+    fired,
+    jid_event,
+    master_opts,
+    spirorunner,
+)
+
+RAW_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2028\u2029]")
+
+
+@pytest.mark.usefixtures("fired")  # the bus events stay off the real bus
+def test_progress_lines_mask_the_token_and_escape_controls(project, fake_server):
+    progress = spirorunner.__jid_event__  # the jid_event fixture, as the runner sees it
+
+    def events(auth: str) -> list[bytes]:
+        ret = {"cmd_|-x_|-y_|-run": {"result": False, "changes": {}, "__id__": "x",
+                                     "comment": f"env: {auth}\x1b]52;c;ZXZpbA==\x07"}}
+        return [sse("deploy-bundle", {"msg": f"Deploying for {auth}"}),
+                sse("highstate-start", {"msg": "\x1b[2A\x1b[32mDeployed, all fine",
+                                        "minions": ["m1"]}),
+                sse("highstate-update", {"msg": "m1", "minion": "m1",
+                                         "result": {"ret": ret, "retcode": 2}}),
+                sse("highstate-finish", {"msg": "done"})]
+
+    fake_server.then()
+    answer = fake_server.scripts[-1]
+    fake_server.on_request = lambda received: setattr(
+        answer, "chunks", events(received.headers.get("Authorization", "")))
+    ret = spirorunner.deploy("proj", "prod", root=str(project))
+    assert ret["retcode"] == 1
+    lines = progress.messages
+    assert "Deploying for Bearer ***" in lines
+    assert not [line for line in lines if TOKEN[:12] in line or TOKEN[-12:] in line]
+    assert not [line for line in lines if RAW_CONTROL.search(line)], lines
+    assert "\\x1b[2A\\x1b[32mDeployed, all fine" in lines
