@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import ExitCode, UsageError
+from .sanitize import escape
 
 SERVED_NOTE = ("* = the last deploy recorded as deployed; the CLI cannot see what the server "
                "serves now")
@@ -131,7 +132,8 @@ class HistoryCLI:
         print(f"   {'#':>3}  {'time (UTC)':<19}  {'outcome':<12}  {'sha256':<12}  "
               f"{'digest':<12}  {'commit':<10}  by")
         for row in rows:
-            print(format_row(row), flush=True)
+            # Commit descriptions and CI variables are recorded as given.
+            print(escape(format_row(row)), flush=True)
         return ExitCode.OK
 
     def run_action(self, settings: Any, callbacks: dict[str, Any]) -> int:

@@ -216,16 +216,17 @@ def scrub(value: Any, secrets: Iterable[str | None]) -> Any:
     they are.  The deploy never puts the token in its data, but the server's
     messages and errors are not ours to trust.
     """
+    from .sanitize import scrub as scrub_text
+
     secrets = [s for s in secrets if s and len(s) >= 8]
     if not secrets:
         return value
 
     def walk(item: Any) -> Any:
         if isinstance(item, str):
-            for secret in secrets:
-                if secret in item:
-                    item = item.replace(secret, "***")
-            return item
+            # The same masking as the CLI's: a server body cut at a limit can
+            # hold part of the token.
+            return scrub_text(item, secrets)
         if isinstance(item, dict):
             return {walk(key): walk(val) for key, val in item.items()}
         if isinstance(item, (list, tuple)):

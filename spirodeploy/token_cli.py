@@ -15,6 +15,7 @@ import json
 import sys
 
 from .errors import ExitCode, SpiroDeployError
+from .sanitize import escape
 
 PROG = "spiro-token"
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except SpiroDeployError as exc:
-        print(f"{PROG}: error: {exc.message}", file=sys.stderr, flush=True)
+        print(f"{PROG}: error: {escape(exc.message)}", file=sys.stderr, flush=True)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         return int(ExitCode.INTERRUPTED)
@@ -109,13 +110,15 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(info))
         else:
-            print("\n".join(tokens.describe(info)))
+            # A token handed over by someone else is untrusted text: its
+            # caveats must not reach the terminal as control sequences.
+            print("\n".join(escape(line) for line in tokens.describe(info)))
         return ExitCode.OK
 
     ret = tokens.narrow_result(token, args.project, args.lifetime,
                                not_before=args.not_before, output=args.output)
     for warning in ret["warnings"]:
-        print(f"{PROG}: warning: {warning}", file=sys.stderr, flush=True)
+        print(f"{PROG}: warning: {escape(warning)}", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(ret))
     elif args.output:

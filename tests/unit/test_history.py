@@ -420,3 +420,20 @@ def test_stored_bundle_is_a_tar_with_the_manifest(cli, hdir):
     with tarfile.open(hdir / "bundles" / f"{entry['sha256']}.tar") as tf:
         manifest = json.load(tf.extractfile(".spirodeploy.json"))
     assert manifest["digest"] == entry["digest"]
+
+
+def test_history_listing_shows_recorded_text_inert(cli, hdir):
+    # Recorded fields come from git and CI variables, as given.
+    store = HistoryStore(str(hdir))
+    entry_data = b"hostile"
+    store.ensure()
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=store.bundles_dir, prefix=".bundle.", suffix=".tmp")
+    os.write(fd, entry_data)
+    os.close(fd)
+    store.append(dict(_entry("proj", "prod", entry_data), user="ci\x1b]52;c;cHduZWQ=\x07",
+                      gitcommit="abc\x1b[2J\x1b[32mDeployed"), tmp)
+    code, out, err = cli("proj", "prod", "--history")
+    assert code == 0, err
+    assert "\x1b" not in out and "\x07" not in out

@@ -252,6 +252,12 @@ def test_scrub_walks_everything():
     assert saltsupport.scrub({"a": "abc"}, ["a"]) == {"a": "abc"}
 
 
+def test_scrub_masks_part_of_the_token_too():
+    # A server body cut at a length limit can hold the token's first half.
+    half = TOKEN[: len(TOKEN) // 2]
+    assert half not in str(saltsupport.scrub({"comment": f"echo: {half}"}, [TOKEN]))
+
+
 def test_error_report_has_the_report_shape():
     report = saltsupport.error_report("p", "d", ConnectError("cannot connect to x"))
     data = report.to_dict()

@@ -531,3 +531,18 @@ def test_salt_inspect_token(face):
     ret = face.inspect_token(token="garbage-token")
     assert ret["result"] is False and "not a macaroon" in ret["error"]
     assert face.__context__["retcode"] == ExitCode.USAGE
+
+
+def test_inspect_of_a_hostile_token_prints_no_control_sequences(monkeypatch, capsys):
+    from spirodeploy import token_cli
+
+    # Anyone can add a caveat; one that paints the terminal must show as text.
+    monkeypatch.delenv("SPIRO_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("SPIRO_TOKEN", make_token([
+        {"not_before": 1, "project_allow": ["a\x1b[2J\x1b[32mOK"]},
+        "\x1b]52;c;cHduZWQ=\x07",
+    ]))
+    token_cli.main(["inspect"])
+    out, err = capsys.readouterr()
+    assert "\x1b" not in out + err and "\x07" not in out + err
+    assert "\\x1b" in out
