@@ -23,6 +23,8 @@ from spirodeploy import __version__
 from spirodeploy import builder as B
 from spirodeploy.builder import (DEFAULT_MTIME, Bundle, TarballBuilder, build_bundle,
                                  diff_manifests, fs_scanner, git_scanner, read_manifest)
+from spirodeploy.builder.names import default_should_skip
+from spirodeploy.builder.tarformat import TarHeaders
 from spirodeploy.errors import BundleError, UsageError
 from spirodeploy.manifest import (build_manifest, content_digest, dump_manifest, make_manifest,
                                   manifest_chunks, manifest_parts)
@@ -393,11 +395,7 @@ def test_long_and_unicode_names_round_trip(tmp_path):
 
 
 def test_big_file_size_uses_pax_size_record():
-    w = B._TarWriter(io.BytesIO(), DEFAULT_MTIME, frozenset())
-    try:
-        hdr = w.header("big.bin", 0o644, 9 * 1024 ** 3)
-    finally:
-        w.sink.abort()
+    hdr = TarHeaders(DEFAULT_MTIME).header("big.bin", 0o644, 9 * 1024 ** 3)
     assert b"size=9663676416\n" in hdr
     info = tarfile.TarInfo.frombuf(hdr[-512:], "utf-8", "strict")
     assert info.name == "big.bin"
@@ -1019,7 +1017,7 @@ def repo(tmp_path):
 @needs_git
 def test_git_scanner(repo):
     (repo / "src" / "app.py").write_text("uncommitted change\n")
-    got = {n: op().read() for n, op in git_scanner(B._default_should_skip, root=str(repo))}
+    got = {n: op().read() for n, op in git_scanner(default_should_skip, root=str(repo))}
     assert got == {"src/app.py": b"app\n", "bin/run": b"#!/bin/sh\n", "dir/inner.txt": b"inner\n",
                    "applink": b"app\n", "dirlink/inner.txt": b"inner\n"}
     with TarballBuilder() as b:
@@ -1296,8 +1294,6 @@ def test_the_builder_keeps_one_source_per_directory_not_per_file(tmp_path, monke
     # fs_scanner (bare or as build_bundle's partial) is walked without them.
     from functools import partial
 
-    from spirodeploy import builder as B
-
     write_tree(tmp_path, {"_salt/top.sls": "t", "_salt/a/b.sls": "b", "src/x.py": "x",
                           "src/y.py": "y", "src/pkg/z.py": "z"})
     monkeypatch.chdir(tmp_path)
@@ -1308,9 +1304,66 @@ def test_the_builder_keeps_one_source_per_directory_not_per_file(tmp_path, monke
         with TarballBuilder() as b:
             b.add_saltdir("_salt")
             b.add_source(scanner)
-            kinds = {name: type(source) for name, source in b._entries.items()}
             sources = {id(source) for source in b._entries.values()}
-        assert kinds["top.sls"] is kinds["a/b.sls"] is B._Dir
-        assert kinds["_source/src/x.py"] is (B._FileOpener if per_file else B._Dir)
-        assert len(sources) == (2 + 3 if per_file else 4)  # _salt, _salt/a, src, src/pkg
+        # _salt, _salt/a, src, src/pkg; with per-file openers, one per file under src
+        assert len(sources) == (2 + 3 if per_file else 4)
         assert [f["path"] for f in b.manifest["files"]] == expected
+
+
+@pytest.mark.parametrize("how", ["small file", "large file", "bytes"])
+def test_the_manifest_gitcommit_is_the_member_whatever_writes_it(tmp_path, how):
+    # One general write path keeps .gitcommit's text for every kind of source,
+    # a file too big for the fast path included.
+    text = "0123abcd\nheads/main\n" + ("#" * 300_000 if how == "large file" else "")
+    write_tree(tmp_path, {"_salt/top.sls": "t"})
+    with TarballBuilder(root=tmp_path) as b:
+        if how == "bytes":
+            b.add_virtual(".gitcommit", text.encode())
+        else:
+            (tmp_path / "_salt" / ".gitcommit").write_text(text)
+        b.add_saltdir(tmp_path / "_salt")
+    assert read_members(b.buffer)[".gitcommit"][0] == text.encode()
+    assert b.manifest["gitcommit"] == b.contents.gitcommit == text
+
+
+def test_a_scanner_offering_member_sources_is_walked_through_them(tmp_path):
+    # The explicit scanner protocol: no identity test on fs_scanner, so any
+    # scanner (and a partial of it) can hand the builder its own sources.
+    from functools import partial
+
+    from spirodeploy.builder.sources import InMemory
+
+    def scanner(should_skip, greeting="hi"):
+        raise AssertionError("the builder should use member_sources")
+
+    def sources(should_skip, greeting="hi"):
+        assert should_skip("x/.git") and should_skip("_salt") and not should_skip("a.txt")
+        yield "a.txt", InMemory(greeting.encode())
+        yield "bin/run", InMemory(b"#!/bin/sh\n", 0o755)
+
+    scanner.member_sources = sources
+    for given, expected in ((scanner, b"hi"), (partial(scanner, greeting="hello"), b"hello")):
+        with TarballBuilder() as b:
+            b.add_source(given)
+        members = read_members(b.buffer)
+        assert members["_source/a.txt"][0] == expected
+        assert members["_source/bin/run"][1].mode == 0o755
+
+
+def test_the_builder_modules_import_one_way():
+    # Each module may import only those before it, so the package reads bottom-up.
+    import ast
+    import pathlib
+
+    import spirodeploy.builder
+
+    order = ["names", "sources", "tarformat", "sink", "writer", "parallel", "fswalk", "gitscan",
+             "tarball", "bundle", "__init__"]
+    package = pathlib.Path(spirodeploy.builder.__file__).parent
+    assert sorted(p.stem for p in package.glob("*.py")) == sorted(order)
+    for module in order:
+        tree = ast.parse((package / f"{module}.py").read_text())
+        imported = {node.module.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+        later = imported - set(order[:order.index(module)])
+        assert not later, f"builder/{module}.py imports {sorted(later)}, which come after it"

@@ -1,4 +1,4 @@
-"""The builder's two-process write (builder._ForkedTail): same bytes, same errors."""
+"""The builder's two-process write (builder.parallel): same bytes, same errors."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import threading
 import pytest
 
 from spirodeploy import builder as B
-from spirodeploy.builder import build_bundle
+from spirodeploy.builder import build_bundle, parallel
+from spirodeploy.builder.writer import SMALL
 from spirodeploy.errors import BundleError
 
-pytestmark = pytest.mark.skipif(not B._CAN_FORK, reason="needs os.fork (Linux)")
+pytestmark = pytest.mark.skipif(not parallel.CAN_FORK, reason="needs os.fork (Linux)")
 
 
 def make_tree(root, count=300):
@@ -28,7 +29,7 @@ def make_tree(root, count=300):
         (d / ("f%04d.txt" % i)).write_bytes(b"x" * (i * 37 % 1500) + b"\n")
     tail = src / "zz"            # sorts last: lands in the child's half
     tail.mkdir()
-    (tail / "big.bin").write_bytes(os.urandom(B._SMALL + 4096))        # large-file path
+    (tail / "big.bin").write_bytes(os.urandom(SMALL + 4096))        # large-file path
     (tail / "run.sh").write_text("#!/bin/sh\n")
     os.chmod(tail / "run.sh", 0o755)
     (tail / ("long-" + "n" * 120 + ".txt")).write_text("long name: pax header\n")
@@ -49,11 +50,11 @@ class _Results(list):
 @pytest.fixture
 def forks(monkeypatch):
     """Force the two-process write on any tree; record what the child returned."""
-    monkeypatch.setattr(B, "_PARALLEL_MIN", 2)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN", 2)
     # pytest may run helper threads; the real guard is tested on its own below
-    monkeypatch.setattr(B.threading, "active_count", lambda: 1)
+    monkeypatch.setattr(parallel.threading, "active_count", lambda: 1)
     results = _Results()
-    collect = B._ForkedTail.collect
+    collect = parallel.ForkedTail.collect
 
     def spy(self):
         results.pids.append(self.pid)
@@ -61,14 +62,14 @@ def forks(monkeypatch):
         results.append(got)
         return got
 
-    monkeypatch.setattr(B._ForkedTail, "collect", spy)
+    monkeypatch.setattr(parallel.ForkedTail, "collect", spy)
     return results
 
 
 def serial_build(project, tmp_path, monkeypatch, name="serial.tar"):
     """The bytes and the bundle of the same build in one process."""
     with monkeypatch.context() as m:
-        m.setattr(B, "_PARALLEL_MIN", 10 ** 9)
+        m.setattr(parallel, "PARALLEL_MIN", 10 ** 9)
         out = tmp_path / name
         bundle = build_bundle(project, include_source="fs", output=out)
         bundle.close()
@@ -85,7 +86,7 @@ def test_two_processes_write_the_same_bytes_as_one(tmp_path, monkeypatch, forks)
     assert len(forks) == 1 and forks[0] is not None, "the child did not deliver its half"
     size, _gitcommit, (count, has_top, _tops), blob, _lines, _body = forks[0]
     records = marshal.loads(blob)
-    assert size > B._SMALL and any(r[0].startswith("_source/src/zz/") for r in records)
+    assert size > SMALL and any(r[0].startswith("_source/src/zz/") for r in records)
     assert count == len(records) and has_top  # top.sls sorts after _source/: the child's
     assert out.read_bytes() == expected
     assert bundle.sha256 == serial.sha256
@@ -102,14 +103,14 @@ def test_a_failing_child_leaves_the_work_to_the_parent(tmp_path, monkeypatch, fo
     project = make_tree(tmp_path / "proj")
     expected, _bundle = serial_build(project, tmp_path, monkeypatch)
     parent = os.getpid()
-    real_parts = B.manifest_parts
+    real_parts = parallel.manifest_parts
 
     def parts_failing_in_child(records, lines):
         if os.getpid() != parent:
             raise OSError("simulated failure in the child")
         return real_parts(records, lines)
 
-    monkeypatch.setattr(B, "manifest_parts", parts_failing_in_child)
+    monkeypatch.setattr(parallel, "manifest_parts", parts_failing_in_child)
     out = tmp_path / "parallel.tar"
     build_bundle(project, include_source="fs", output=out)
 
@@ -128,23 +129,23 @@ def test_an_error_in_the_childs_half_is_raised_as_in_a_serial_build(tmp_path, fo
 
 
 def test_no_fork_while_other_threads_run(monkeypatch):
-    monkeypatch.setattr(B, "_PARALLEL_MIN", 2)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN", 2)
     names = ["n%d" % i for i in range(10)]
     with monkeypatch.context() as alone:  # pytest itself may run helper threads
-        alone.setattr(B.threading, "active_count", lambda: 1)
-        assert B._fork_split(names) == int(10 * B._PARENT_SHARE)
+        alone.setattr(parallel.threading, "active_count", lambda: 1)
+        assert parallel.fork_split(names) == int(10 * parallel.PARENT_SHARE)
     stop = threading.Event()
     t = threading.Thread(target=stop.wait)
     t.start()
     try:
-        assert B._fork_split(names) == 0
+        assert parallel.fork_split(names) == 0
     finally:
         stop.set()
         t.join()
 
 
 def test_small_trees_are_written_by_one_process():
-    assert B._fork_split(["a"] * (B._PARALLEL_MIN - 1)) == 0
+    assert parallel.fork_split(["a"] * (parallel.PARALLEL_MIN - 1)) == 0
 
 
 def test_a_failed_fork_falls_back_to_one_process(tmp_path, monkeypatch, forks):
@@ -154,7 +155,7 @@ def test_a_failed_fork_falls_back_to_one_process(tmp_path, monkeypatch, forks):
     def no_fork():
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
-    monkeypatch.setattr(B.os, "fork", no_fork)
+    monkeypatch.setattr(parallel.os, "fork", no_fork)
     out = tmp_path / "parallel.tar"
     build_bundle(project, include_source="fs", output=out)
     assert forks == []
