@@ -27,6 +27,7 @@ its grains or **pillar** (read with ``config.get``):
       # insecure: false      # true disables TLS checks and allows http://
       # timeout: 3600        # seconds the event stream may stay silent
       # connect_timeout: 20
+      # root: /srv/checkouts/myproject   # the project directory, when not given
 
 Settings are taken from explicit arguments first, then this configuration,
 then the environment variables ``SPIRO_URL``, ``SPIRO_TOKEN_FILE`` and
@@ -40,6 +41,7 @@ then the environment variables ``SPIRO_URL``, ``SPIRO_TOKEN_FILE`` and
     contain the token.
 """
 
+import functools
 import importlib
 import logging
 import os
@@ -49,7 +51,10 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "spirodeploy"
 
-INSTALL_HINT = "install spiro-deploy: pip install spiro-deploy"
+INSTALL_HINT = (
+    'install spiro-deploy 1.0 or newer: pip install "spiro-deploy>=1.0" '
+    '(onedir Salt packages: salt-pip install "spiro-deploy>=1.0")'
+)
 
 
 def _import_library():
@@ -86,6 +91,17 @@ def __virtual__():
     return __virtualname__
 
 
+def _salt_terms(func):
+    """Run ``func`` so that its errors name Salt's settings, not the CLI's flags."""
+    @functools.wraps(func)  # the loader reads the arguments through __wrapped__
+    def in_salt_terms(*args, **kwargs):
+        with saltsupport.salt_terms():
+            return func(*args, **kwargs)
+
+    return in_salt_terms
+
+
+@_salt_terms
 def deploy(
     project,
     deployment,
@@ -104,6 +120,10 @@ def deploy(
     timeout=None,
     connect_timeout=None,
     fire_events=True,
+    rollback_on_failure=False,
+    compress=False,
+    junit=None,
+    html=None,
 ):
     """
     Bundle the project at ``root`` and deploy it as saltenv ``<project>/<deployment>``.
@@ -127,8 +147,9 @@ def deploy(
         The deployment of the project, for example ``prod``.
 
     root
-        The project directory, holding ``_salt/``.  Default: the current
-        directory of the process.
+        The project directory, holding ``_salt/``, as an absolute path.
+        Default: ``spirodeploy:root`` (configuration, grains or pillar); one
+        of them is required, as ``salt-minion`` runs in ``/``.
 
     artifacts
         Files or directories under ``root`` to add as
@@ -153,8 +174,11 @@ def deploy(
         Also write the bundle to this file.
 
     server
-        URL of the SpiroFS server.  Default: ``spirodeploy:server``, then
-        ``SPIRO_URL``, then ``https://salt:4510/``.
+        URL of the SpiroFS server.  Default: ``spirodeploy:servers``, then
+        ``spirodeploy:server``, then ``SPIRO_URL``, then ``https://salt:4510/``.
+        Several masters (a list or a comma-separated string): every one gets
+        the bundle, the first highstates once the others accepted it; the
+        return then has ``servers``, ``failed_servers`` and ``holders``.
 
     token
         The token.  Prefer ``spirodeploy:token`` in pillar: arguments are
@@ -178,34 +202,77 @@ def deploy(
     fire_events : True
         Fire each event on the event bus.
 
+    rollback_on_failure : False
+        When the highstate fails, deploy the previous successful bundle from
+        this minion's history again (see ``spirodeploy.rollback``); the
+        return then has ``rollback`` and ``comment``, and still fails.  The
+        history must be writable, or nothing is deployed.
+
+    compress : False
+        Upload the bundle gzip-compressed (``gzip`` or ``True``), compressed as
+        it is built: less to send and less memory on the master.  ``output``
+        then gets the gzip, and the reported size and sha256 are the gzip's.
+
+    junit
+        After the deploy, also a failed one, write a JUnit XML report to this
+        file on the minion (as the CLI's ``--junit``); the return names it in
+        ``report_files``.  A path that cannot be written fails the call before
+        anything is uploaded.
+
+    html
+        Likewise, a self-contained HTML report (the CLI's ``--html``).
+
+    Every deploy is recorded in this minion's history (``spirodeploy:history_dir``,
+    default ``<cachedir>/spirodeploy-history``); ``history_entry`` is its number.
+
     CLI Example:
 
     .. code-block:: bash
 
         salt-call spirodeploy.deploy myproject prod root=/srv/checkouts/myproject
+        salt-call spirodeploy.deploy myproject prod root=/build rollback_on_failure=True
         salt-call spirodeploy.deploy myproject staging root=/build highstate=False
         salt-call spirodeploy.deploy myproject prod root=/build artifacts=dist/app.whl,dist/lib
+        salt-call spirodeploy.deploy myproject prod root=/build compress=gzip
+        salt-call spirodeploy.deploy myproject prod root=/build junit=/build/deploy-junit.xml html=/build/deploy.html
     """
+    from spirodeploy.reportfiles import check_report_paths, write_for_salt
+
     warnings = []
     settings = None
+    do_highstate = True
+    report_files = (None, None)
     try:
         from spirodeploy.deploy import deploy as deploy_project
 
+        check_report_paths(junit, html, prefix="")
+        report_files = (junit, html)
+
+        do_highstate = saltsupport.to_bool(highstate, "highstate", default=True)
+        empty_ok = saltsupport.to_bool(allow_empty, "allow_empty")
+        events_on = saltsupport.to_bool(fire_events, "fire_events", default=True)
+        project_dir = saltsupport.project_root(root, __salt__["config.get"])
         settings = _settings(server, token, token_file, ssl_cert, insecure, timeout,
                              connect_timeout)
-        report = deploy_project(
-            project, deployment, settings, root=root or os.getcwd(),
-            artifacts=saltsupport.to_list(artifacts), include_source=include_source or None,
-            highstate=bool(highstate), allow_empty=bool(allow_empty),
-            exclude=saltsupport.to_list(exclude, "exclude"), output=output,
-            on_warning=warnings.append,
-            on_event=_event_callback(project, deployment, settings, fire_events),
-        )
+        on_event = _event_callback(project, deployment, settings, events_on)
+        report, recorded = _recorded(
+            project, deployment, settings, lambda recording: deploy_project(
+                project, deployment, settings, root=project_dir,
+                artifacts=saltsupport.to_list(artifacts),
+            include_source=saltsupport.to_source(include_source),
+                highstate=do_highstate, allow_empty=empty_ok,
+                exclude=_exclude(exclude, token_file), output=output, compress=compress,
+                on_warning=warnings.append, on_event=on_event, history=recording,
+            ), rollback_on_failure, do_highstate, warnings, on_event)
     except errors.SpiroDeployError as exc:
-        report = saltsupport.error_report(project, deployment, exc, highstate=bool(highstate))
-    return _finish(report, token, settings, warnings)
+        report = saltsupport.error_report(project, deployment, exc, highstate=do_highstate)
+        recorded = {}
+    ret = _with_history(_finish(report, token, settings, warnings), recorded, token, settings)
+    return write_for_salt(ret, report, *report_files,
+                          secrets=[token, *saltsupport.tokens_of(settings)])
 
 
+@_salt_terms
 def upload(
     project,
     deployment,
@@ -224,7 +291,11 @@ def upload(
     Deploy an existing tar file (built by ``spirodeploy.bundle`` or elsewhere).
 
     Every member of the tar is checked before anything is sent (no absolute
-    paths, no ``..``, no links leading out).  Returns the same report as
+    paths, no ``..``, no name twice, no links leading out), and what is sent
+    is the plain tar that was checked (the tar may be gzip, bzip2 or xz
+    compressed; it is read once, so rewriting it meanwhile changes nothing;
+    the report's bundle sha256 and size are those of that plain tar).
+    Returns the same report as
     :py:func:`deploy <salt.modules.spirodeploy.deploy>`, and fires the same
     events.
 
@@ -250,22 +321,28 @@ def upload(
         salt-call spirodeploy.upload myproject prod /tmp/myproject.tar
     """
     settings = None
+    do_highstate = True
+    warnings = []
     try:
         from spirodeploy.deploy import deploy_file
 
+        do_highstate = saltsupport.to_bool(highstate, "highstate", default=True)
+        events_on = saltsupport.to_bool(fire_events, "fire_events", default=True)
         settings = _settings(server, token, token_file, ssl_cert, insecure, timeout,
                              connect_timeout)
         report = deploy_file(
-            bundle, project, deployment, settings, highstate=bool(highstate),
-            on_event=_event_callback(project, deployment, settings, fire_events),
+            bundle, project, deployment, settings, highstate=do_highstate,
+            on_event=_event_callback(project, deployment, settings, events_on),
+            on_warning=warnings.append,
         )
     except errors.SpiroDeployError as exc:
-        report = saltsupport.error_report(project, deployment, exc, highstate=bool(highstate))
-    return _finish(report, token, settings, [])
+        report = saltsupport.error_report(project, deployment, exc, highstate=do_highstate)
+    return _finish(report, token, settings, warnings)
 
 
+@_salt_terms
 def bundle(root, output, artifacts=None, include_source=None, allow_empty=False, exclude=None,
-           gitcommit=True, files=False):
+           gitcommit=True, files=False, token_file=None):
     """
     Build a bundle and write it to ``output``; upload nothing.
 
@@ -288,6 +365,11 @@ def bundle(root, output, artifacts=None, include_source=None, allow_empty=False,
     files : False
         Also return every file of the bundle with its size, sha256 and mode.
 
+    token_file
+        A token file never to bundle.  The configured one
+        (``spirodeploy:token_file``) and ``SPIRO_TOKEN_FILE`` are never
+        bundled either, as with ``deploy``; no token is needed to build.
+
     CLI Example:
 
     .. code-block:: bash
@@ -299,14 +381,16 @@ def bundle(root, output, artifacts=None, include_source=None, allow_empty=False,
     from spirodeploy.deploy import bundle_info
 
     try:
+        list_files = saltsupport.to_bool(files, "files")
         with build_bundle(root, artifacts=saltsupport.to_list(artifacts),
-                          include_source=include_source or None, output=output,
-                          allow_empty=bool(allow_empty), gitcommit=bool(gitcommit),
-                          exclude=saltsupport.to_list(exclude, "exclude")) as built:
+                          include_source=saltsupport.to_source(include_source), output=output,
+                          allow_empty=saltsupport.to_bool(allow_empty, "allow_empty"),
+                          gitcommit=saltsupport.to_bool(gitcommit, "gitcommit", default=True),
+                          exclude=_exclude(exclude, token_file)) as built:
             ret = {"result": True, "output": os.path.abspath(output)}
             ret.update(bundle_info(built))
             ret["warnings"] = list(built.warnings)
-            if files:
+            if list_files:
                 ret["files"] = list(built.manifest.get("files", []))
             return ret
     except errors.SpiroDeployError as exc:
@@ -315,6 +399,7 @@ def bundle(root, output, artifacts=None, include_source=None, allow_empty=False,
                 "exit_code": int(exc.exit_code)}
 
 
+@_salt_terms
 def check_token(server=None, token=None, token_file=None, ssl_cert=None, insecure=None,
                 project=None, connect_timeout=None):
     """
@@ -348,9 +433,10 @@ def check_token(server=None, token=None, token_file=None, ssl_cert=None, insecur
         __context__["retcode"] = int(exc.exit_code)
         ret = {"result": False, "server": saltsupport.shown_server(settings, server),
                "error": exc.message, "exit_code": int(exc.exit_code)}
-    return saltsupport.scrub(ret, [token, settings.token if settings else None])
+    return saltsupport.scrub(ret, [token, *saltsupport.tokens_of(settings)])
 
 
+@_salt_terms
 def status(project, deployment, manifest=False):
     """
     What the server serves now as saltenv ``<project>/<deployment>``, as this
@@ -388,54 +474,17 @@ def status(project, deployment, manifest=False):
     try:
         check_name("project", project)
         check_name("deployment", deployment)
+        manifest = saltsupport.to_bool(manifest, "manifest")
     except errors.SpiroDeployError as exc:
         __context__["retcode"] = int(exc.exit_code)
         return {"result": False, "project": project, "deployment": deployment,
                 "error": exc.message}
-    ret = {
-        "result": True,
-        "project": project,
-        "deployment": deployment,
-        "saltenv": saltenv,
-        "visible": False,
-        "source": None,
-        "digest": None,
-        "gitcommit": None,
-        "tool": None,
-        "file_count": None,
-    }
-    files = __salt__["cp.list_master"](saltenv=saltenv) or []
-    ret["visible"] = bool(files)
-    served = None
-    if spirostate.MANIFEST_NAME in files:
-        text = __salt__["cp.get_file_str"](f"salt://{spirostate.MANIFEST_NAME}", saltenv=saltenv)
-        served = spirostate.parse_manifest(text)
-    if served is not None:
-        ret.update(source="manifest", digest=served["digest"], gitcommit=served.get("gitcommit"),
-                   tool=served.get("tool"), file_count=len(served["files"]))
-        ret["comment"] = (f"saltenv {saltenv} serves a bundle of {len(served['files'])} files "
-                          f"(digest {served['digest']})")
-        if manifest:
-            ret["manifest"] = served
-    elif files:
-        ret["file_count"] = len(files)
-        commit = None
-        if ".gitcommit" in files:
-            commit = __salt__["cp.get_file_str"]("salt://.gitcommit", saltenv=saltenv)
-        if commit:
-            ret.update(source="gitcommit", gitcommit=commit.strip())
-        else:
-            ret["source"] = "files"
-        ret["comment"] = (f"saltenv {saltenv} serves {len(files)} files but no "
-                          f"{spirostate.MANIFEST_NAME}: it was not deployed by spiro-deploy 1.x")
-    else:
-        ret["comment"] = (f"saltenv {saltenv} is not visible from this minion: nothing is "
-                          "deployed there, or this minion's master is not the SpiroFS server")
-    record = spirostate.read_record(
-        spirostate.record_path(__opts__["cachedir"], project, deployment))
-    ret["local_record"] = None if record is None else {
-        key: record.get(key) for key in ("digest", "sha256", "succeeded", "time")
-    }
+    ret = spirostate.what_is_served(
+        project, deployment, __salt__["cp.list_master"](saltenv=saltenv),
+        lambda path: __salt__["cp.get_file_str"](f"salt://{path}", saltenv=saltenv),
+        manifest=manifest)
+    ret["local_record"] = spirostate.record_summary(spirostate.read_record(
+        spirostate.record_path(__opts__["cachedir"], project, deployment)))
     return ret
 
 
@@ -451,13 +500,20 @@ def _settings(server, token, token_file, ssl_cert, insecure, timeout, connect_ti
 
 
 
+def _exclude(exclude, token_file):
+    # Every token file named anywhere, not only the one the settings use.
+    return [*saltsupport.to_list(exclude, "exclude"),
+            *saltsupport.token_files(__salt__["config.get"], token_file)]
+
+
 def _event_callback(project, deployment, settings, fire_events):
     if not fire_events:
         return None
-    secrets = [settings.token]
+    secrets = saltsupport.tokens_of(settings)
 
     def on_event(event, data, report):  # pylint: disable=unused-argument
         tag, payload = saltsupport.bus_event(project, deployment, event, data, secrets)
+        # event.send: to the master's bus (spirodeploy/ itself never imports Salt).
         saltsupport.fire_event(__opts__, __salt__.get("event.send"), tag, payload)
 
     return on_event
@@ -468,4 +524,319 @@ def _finish(report, token, settings, warnings):
     ret["warnings"] = list(warnings)
     if not report.succeeded:
         __context__["retcode"] = int(report.exit_code)
-    return saltsupport.scrub(ret, [token, settings.token if settings else None])
+    return saltsupport.scrub(ret, [token, *saltsupport.tokens_of(settings)])
+
+
+# --- tokens (issue 12) -----------------------------------------------------------
+
+@_salt_terms
+def narrow_token(projects, lifetime, not_before=None, output=None, token=None, token_file=None):
+    """
+    Make a token that may deploy only ``projects`` and expires after
+    ``lifetime``, from the configured token, offline (nothing is sent).
+
+    SpiroFS 0.3 cannot revoke tokens: keep the broad token in pillar and hand
+    each build job a narrowed, short-lived one.  Returns ``result``,
+    ``projects``, ``not_before``, ``not_after`` (epoch seconds), ``expires``,
+    ``warnings`` and the new ``token``, or, with ``output``, the file it was
+    written to instead.  A returned token is stored in the master's job
+    cache like any return: prefer ``output``.  On bad input ``result`` is
+    False, ``error`` says why and the job's retcode is 2.
+
+    projects
+        A project name, a comma-separated list or a list; each must be
+        allowed by the source token (a token cannot be widened).
+
+    lifetime
+        How long the new token is valid: ``30s``, ``15m``, ``2h``, ``1d`` or
+        seconds.
+
+    not_before
+        Valid only from this time (ISO 8601, UTC when no zone is given, or
+        epoch seconds); the lifetime counts from then.
+
+    output
+        Write the token to this file on the minion (mode 0600) instead of
+        returning it.
+
+    token, token_file
+        The source token; default: ``spirodeploy:token`` /
+        ``spirodeploy:token_file`` (config, grains, pillar), then the
+        environment, as for :py:func:`deploy <salt.modules.spirodeploy.deploy>`.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call spirodeploy.narrow_token myproject 15m output=/run/ci/job.token
+        salt-call spirodeploy.narrow_token projects=[shop,blog] lifetime=2h
+    """
+    settings = None
+    try:
+        settings = _settings(None, token, token_file, None, None, None, None)
+        ret = importlib.import_module("spirodeploy.tokens").narrow_result(
+            settings.token, projects, lifetime, not_before=not_before, output=output)
+    except errors.SpiroDeployError as exc:
+        __context__["retcode"] = int(exc.exit_code)
+        ret = {"result": False, "error": exc.message, "exit_code": int(exc.exit_code)}
+    # The narrowed token starts with the same packets as the source token, so
+    # masking runs of the source would mangle it: it is the one value kept.
+    narrowed = ret.pop("token", None)
+    ret = saltsupport.scrub(ret, [token, *saltsupport.tokens_of(settings)])
+    if narrowed is not None:
+        ret["token"] = narrowed
+    return ret
+
+
+@_salt_terms
+def inspect_token(token=None, token_file=None):
+    """
+    Show what the configured token allows, offline: its ``projects``
+    (``None``: any), ``denied`` projects, ``valid_from`` and ``expires``,
+    whether it is ``valid`` now, its ``caveats`` and ``warnings`` (caveats
+    the client cannot judge).  Never returns the token.
+
+    token, token_file
+        The token to inspect; default: the configured one, as for
+        :py:func:`narrow_token <salt.modules.spirodeploy.narrow_token>`.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call spirodeploy.inspect_token
+        salt-call spirodeploy.inspect_token token_file=/run/ci/job.token
+    """
+    settings = None
+    try:
+        settings = _settings(None, token, token_file, None, None, None, None)
+        ret = {"result": True,
+               **importlib.import_module("spirodeploy.tokens").inspect(settings.token)}
+    except errors.SpiroDeployError as exc:
+        __context__["retcode"] = int(exc.exit_code)
+        ret = {"result": False, "error": exc.message, "exit_code": int(exc.exit_code)}
+    return saltsupport.scrub(ret, [token, *saltsupport.tokens_of(settings)])
+
+
+# --- history, rollback, promotion (issue 15) ---------------------------------------
+
+@_salt_terms
+def history(project, deployment, limit=None, history_dir=None):
+    """
+    List the deploys of saltenv ``<project>/<deployment>`` recorded on this
+    minion, newest first.
+
+    The entry marked ``served`` is the newest one whose content digest is
+    what the saltenv serves now (its ``.spirodeploy.json``, read through the
+    master); when the saltenv is not visible from here, the last one
+    recorded as deployed (``served_from`` says which).  Each entry has its
+    number ``id``, ``time``, the bundle's ``sha256``, ``digest`` and
+    ``gitcommit``, ``user``, ``host``, ``ci``, ``exit_code``, ``minions``,
+    ``rollback_of`` / ``promoted_from`` and ``bundle_kept``.
+
+    project
+        The project.
+
+    deployment
+        The deployment of the project.
+
+    limit
+        Return only this many entries.
+
+    history_dir
+        The history directory.  Default: ``spirodeploy:history_dir``, then
+        ``<cachedir>/spirodeploy-history``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call spirodeploy.history myproject prod
+    """
+    from spirodeploy.checks import check_name
+    from spirodeploy.rollback import listing
+
+    warnings = []
+    try:
+        check_name("project", project)
+        check_name("deployment", deployment)
+        store = _store(history_dir, None, warnings)
+        ret = listing(store, project, deployment,
+                      served_digest=_served_digest(project, deployment),
+                      limit=int(limit) if limit else None)
+        ret.update(result=True, warnings=warnings)
+        return ret
+    except errors.SpiroDeployError as exc:
+        __context__["retcode"] = int(exc.exit_code)
+        return {"result": False, "project": project, "deployment": deployment,
+                "error": exc.message, "exit_code": int(exc.exit_code), "warnings": warnings}
+
+
+@_salt_terms
+def rollback(project, deployment, to=None, force=False, highstate=True, history_dir=None,
+             server=None, token=None, token_file=None, ssl_cert=None, insecure=None,
+             timeout=None, connect_timeout=None, fire_events=True):
+    """
+    Deploy a bundle recorded in this minion's history again, after checking
+    its sha256, and record it with ``rollback_of``.
+
+    By default the bundle is the newest successful one before the last
+    deployed.  First the saltenv must still serve what the history says was
+    deployed last (its ``.spirodeploy.json`` digest): if someone else
+    deployed in between, nothing is done unless ``force=True``.  Returns the
+    deploy report (as ``deploy``) plus ``rolled_back_to``; a refusal is
+    ``result: False`` with ``error``, and nothing is deployed.
+
+    project
+        The project.
+
+    deployment
+        The deployment of the project.
+
+    to
+        The entry to deploy: its number (``spirodeploy.history``), or at
+        least 6 hex digits of its sha256 or digest.
+
+    force : False
+        Roll back even when the saltenv serves something else than the
+        last recorded deploy, or to the bundle it serves already.
+
+    highstate : True
+        Highstate the minions afterwards.
+
+    history_dir
+        As for ``spirodeploy.history``.
+
+    server, token, token_file, ssl_cert, insecure, timeout, connect_timeout, fire_events
+        As for :py:func:`deploy <salt.modules.spirodeploy.deploy>`.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call spirodeploy.rollback myproject prod
+        salt-call spirodeploy.rollback myproject prod to=3
+        salt-call spirodeploy.rollback myproject prod to=1a2b3c4d force=True
+    """
+    from spirodeploy.rollback import entry_ref
+    from spirodeploy.rollback import rollback as roll_back
+
+    return _replay(project, deployment, highstate, history_dir, fire_events, token,
+                   (server, token, token_file, ssl_cert, insecure, timeout, connect_timeout),
+                   lambda store, settings, do_highstate, on_event: roll_back(
+                       store, project, deployment, settings, to=to,
+                       force=saltsupport.to_bool(force, "force"),
+                       served_digest=_served_digest(project, deployment),
+                       highstate=do_highstate, on_event=on_event),
+                   lambda outcome: {"rolled_back_to": entry_ref(outcome.source)})
+
+
+@_salt_terms
+def promote(project, source, deployment, to=None, force=False, highstate=True,
+            history_dir=None, server=None, token=None, token_file=None, ssl_cert=None,
+            insecure=None, timeout=None, connect_timeout=None, fire_events=True):
+    """
+    Deploy the exact bundle recorded for ``<project>/<source>`` to
+    ``<project>/<deployment>`` (staging to prod), and record it with
+    ``promoted_from``.
+
+    By default the bundle is the one ``source`` serves now: its digest must
+    match the last deploy of ``source`` recorded here (else ``force=True``).
+    Refused when the bundle has no ``top.sls`` and its ``spirotop.sls`` has
+    no key for ``deployment``: SpiroFS would highstate nothing.
+
+    project
+        The project.
+
+    source
+        The deployment to promote from, for example ``staging``.
+
+    deployment
+        The deployment to promote to, for example ``prod``.
+
+    to
+        Promote this entry of ``source``'s history instead (number or
+        sha256/digest prefix).
+
+    force : False
+        Promote despite the checks above.
+
+    highstate, history_dir, server, token, token_file, ssl_cert, insecure, timeout, connect_timeout, fire_events
+        As for :py:func:`rollback <salt.modules.spirodeploy.rollback>`.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call spirodeploy.promote myproject staging prod
+    """
+    from spirodeploy.rollback import entry_ref
+    from spirodeploy.rollback import promote as promote_bundle
+
+    return _replay(project, deployment, highstate, history_dir, fire_events, token,
+                   (server, token, token_file, ssl_cert, insecure, timeout, connect_timeout),
+                   lambda store, settings, do_highstate, on_event: promote_bundle(
+                       store, project, source, deployment, settings, to=to,
+                       force=saltsupport.to_bool(force, "force"),
+                       source_digest=_served_digest(project, source),
+                       highstate=do_highstate, on_event=on_event),
+                   lambda outcome: {"promoted": entry_ref(outcome.source)})
+
+
+def _replay(project, deployment, highstate, history_dir, fire_events, token, connection,
+            flow, describe):
+    warnings = []
+    settings = None
+    do_highstate = True
+    extra = {}
+    try:
+        do_highstate = saltsupport.to_bool(highstate, "highstate", default=True)
+        events_on = saltsupport.to_bool(fire_events, "fire_events", default=True)
+        settings = _settings(*connection)
+        store = _store(history_dir, None, warnings)
+        outcome = flow(store, settings, do_highstate,
+                       _event_callback(project, deployment, settings, events_on))
+        report = outcome.report
+        extra = describe(outcome)
+        extra["history_entry"] = outcome.entry["id"] if outcome.entry else None
+    except errors.SpiroDeployError as exc:
+        report = saltsupport.error_report(project, deployment, exc, highstate=do_highstate)
+    return _with_history(_finish(report, token, settings, warnings), extra, token, settings)
+
+
+def _store(history_dir, keep, warnings):
+    from spirodeploy.history import DEFAULT_KEEP, HistoryStore
+
+    config_get = __salt__["config.get"]
+    directory = (history_dir or config_get("spirodeploy:history_dir")
+                 or os.path.join(__opts__["cachedir"], "spirodeploy-history"))
+    keep = keep if keep is not None else config_get("spirodeploy:history_keep", DEFAULT_KEEP)
+    return HistoryStore(directory, keep=int(keep),
+                        max_bytes=config_get("spirodeploy:history_max_bytes", None) or None,
+                        on_warning=warnings.append)
+
+
+def _recorded(project, deployment, settings, run, rollback_on_failure, highstate, warnings,
+              on_event):
+    from spirodeploy.rollback import recorded_deploy
+
+    return recorded_deploy(
+        _store(None, None, warnings), project, deployment, settings, run,
+        rollback_on_failure=saltsupport.to_bool(rollback_on_failure, "rollback_on_failure"),
+        highstate=highstate, on_warning=warnings.append, on_event=on_event)
+
+
+def _with_history(ret, extra, token, settings):
+    ret.update(saltsupport.scrub(extra, [token, *saltsupport.tokens_of(settings)]))
+    return ret
+
+
+def _served_digest(project, deployment):
+    """The digest of the manifest saltenv ``project/deployment`` serves, or None."""
+    saltenv = f"{project}/{deployment}"
+    files = __salt__["cp.list_master"](saltenv=saltenv) or []
+    if spirostate.MANIFEST_NAME not in files:
+        return None
+    served = spirostate.parse_manifest(
+        __salt__["cp.get_file_str"](f"salt://{spirostate.MANIFEST_NAME}", saltenv=saltenv))
+    return served["digest"] if served else None

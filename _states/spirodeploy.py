@@ -21,6 +21,11 @@ environment.  See :py:mod:`salt.modules.spirodeploy`.
         - name: myproject/prod
         - root: /srv/checkouts/myproject
 
+``watch`` works: when a watched state changes something (a ``git.latest``
+that pulled) and the content digest is what is deployed already, the bundle
+is deployed again anyway, so the server highstates its minions again
+(:py:func:`mod_watch`).  ``require`` only orders the states, as usual.
+
 .. note::
 
     Do not run this state, with ``highstate: True``, on a minion that the
@@ -31,7 +36,10 @@ environment.  See :py:mod:`salt.modules.spirodeploy`.
     orchestration on the master (``salt-run state.orchestrate``), avoid it.
 """
 
+import contextvars
+import functools
 import importlib
+import inspect
 import logging
 import os
 import sys
@@ -40,7 +48,10 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "spirodeploy"
 
-INSTALL_HINT = "install spiro-deploy: pip install spiro-deploy"
+INSTALL_HINT = (
+    'install spiro-deploy 1.0 or newer: pip install "spiro-deploy>=1.0" '
+    '(onedir Salt packages: salt-pip install "spiro-deploy>=1.0")'
+)
 
 
 def _import_library():
@@ -73,6 +84,17 @@ def __virtual__():
     return __virtualname__
 
 
+def _salt_terms(func):
+    """Run ``func`` so that its errors name Salt's settings, not the CLI's flags."""
+    @functools.wraps(func)  # the loader reads the arguments through __wrapped__
+    def in_salt_terms(*args, **kwargs):
+        with saltsupport.salt_terms():
+            return func(*args, **kwargs)
+
+    return in_salt_terms
+
+
+@_salt_terms
 def deployed(
     name,
     project=None,
@@ -90,6 +112,11 @@ def deployed(
     insecure=None,
     timeout=None,
     connect_timeout=None,
+    rollback_on_failure=False,
+    batch=None,
+    canary=None,
+    on_batch_failure=None,
+    compress=False,
 ):
     """
     Ensure saltenv ``<project>/<deployment>`` serves the bundle of the project at ``root``.
@@ -121,8 +148,9 @@ def deployed(
         The deployment of the project, for example ``prod``.
 
     root
-        The project directory, holding ``_salt/`` (an absolute path is
-        best; default: the current directory of the minion process).
+        The project directory, holding ``_salt/``, as an absolute path.
+        Default: ``spirodeploy:root`` (configuration, grains or pillar); one
+        of them is required, as ``salt-minion`` runs in ``/``.
 
     artifacts
         Files or directories under ``root`` to add as ``_artifacts/<path>``.
@@ -143,6 +171,28 @@ def deployed(
         Connection settings, as for the execution module.  Keep the token
         in pillar (``spirodeploy:token``), not in the SLS.
 
+    rollback_on_failure : False
+        When the highstate fails, deploy the previous successful bundle
+        from this minion's history again (``spirodeploy:history_dir``,
+        default ``<cachedir>/spirodeploy-history``, where every deploy of
+        the state is recorded).  The state still fails; the comment and
+        ``changes["rollback"]`` say what the rollback did.
+
+    batch, canary, on_batch_failure
+        A staged rollout, as for the runner's ``spirodeploy.deploy``
+        (``batch: 10%``, ``canary: 2``; ``rollback_on_failure: True`` means
+        ``on_batch_failure: rollback``): upload with the highstate off, then
+        run the ``spirodeploy.rollout`` runner, which highstates the canaries
+        and then the other minions a batch at a time and stops at the first
+        failing batch.  ``changes["rollout"]`` lists the minions ``done``,
+        ``failed`` and ``never_started``.  Only in an orchestration (the
+        state must run on the master); bad values, or a canary that matches
+        no minion, fail the state before anything is uploaded.
+
+    compress : False
+        Upload the bundle gzip-compressed (``gzip`` or ``True``); the
+        ``sha256`` in ``changes`` is then the gzip's.
+
     .. code-block:: yaml
 
         deploy-myproject:
@@ -157,64 +207,107 @@ def deployed(
     secrets = [token]
     try:
         project, deployment = _target(name, project, deployment)
+        project_dir = saltsupport.project_root(root, __salt__["config.get"])
+        do_highstate = saltsupport.to_bool(highstate, "highstate", default=True)
+        empty_ok = saltsupport.to_bool(allow_empty, "allow_empty")
+        test = saltsupport.to_bool(__opts__.get("test"), "test")
         settings = saltsupport.resolve_settings(
             __salt__["config.get"], server=server, token=token, token_file=token_file,
             ssl_cert=ssl_cert, insecure=insecure, timeout=timeout,
             connect_timeout=connect_timeout,
         )
-        secrets.append(settings.token)
-        ret = _deployed(ret, project, deployment, settings, root=root, artifacts=artifacts,
-                        include_source=include_source, highstate=bool(highstate),
-                        allow_empty=bool(allow_empty),
-                        exclude=saltsupport.to_list(exclude, "exclude"))
+        secrets.extend(saltsupport.tokens_of(settings))
+        # No token for the runner: its arguments go to the master's job cache.
+        staged = _staged(project, deployment, batch, canary, on_batch_failure,
+                         rollback_on_failure, do_highstate, server=server,
+                         token_file=token_file, ssl_cert=ssl_cert, insecure=insecure,
+                         connect_timeout=connect_timeout)
+        if staged is not None:
+            do_highstate, rollback_on_failure = False, False
+        ret = _deployed(ret, project, deployment, settings, root=project_dir, artifacts=artifacts,
+                        include_source=saltsupport.to_source(include_source),
+                        highstate=do_highstate,
+                        allow_empty=empty_ok, test=test, compress=compress,
+                        rollback_on_failure=saltsupport.to_bool(rollback_on_failure,
+                                                                "rollback_on_failure"),
+                        # Every token file named anywhere, not only the one in use.
+                        exclude=[*saltsupport.to_list(exclude, "exclude"),
+                                 *saltsupport.token_files(__salt__["config.get"], token_file)])
+        if staged is not None:
+            ret = _roll_out(ret, project, deployment, staged)
     except errors.SpiroDeployError as exc:
         ret.update(result=False, comment=exc.message, changes={})
     return saltsupport.scrub(ret, secrets)
 
 
+class _NoUpload(Exception):
+    """Raised once the bundle is built to stop before the upload: ``ret`` says why."""
+
+    def __init__(self, ret):
+        super().__init__(ret.get("comment"))
+        self.ret = ret
+
+
 def _deployed(ret, project, deployment, settings, *, root, artifacts, include_source, highstate,
-              allow_empty, exclude):
-    from spirodeploy.builder import build_bundle
-    from spirodeploy.deploy import bundle_info, deploy_bundle
+              allow_empty, exclude, test=False, rollback_on_failure=False, compress=False):
+    from spirodeploy.deploy import deploy
 
     saltenv = f"{project}/{deployment}"
     record_file = spirostate.record_path(__opts__["cachedir"], project, deployment)
-    with build_bundle(root or os.getcwd(), artifacts=saltsupport.to_list(artifacts),
-                      include_source=include_source or None, allow_empty=allow_empty,
-                      exclude=[*exclude, *filter(None, [settings.token_file])]) as bundle:
-        new = bundle.manifest
+    redeploy = _REDEPLOY.get()
+    warnings = []
+    seen = {}
+
+    def compare(bundle):
+        # The bundle is built, nothing is sent yet: deploy only when it changes something.
+        new = seen["manifest"] = bundle.manifest
         served = __salt__["spirodeploy.status"](project, deployment, manifest=True)
-        known = spirostate.what_is_deployed(
+        known = seen["known"] = spirostate.what_is_deployed(
             served.get("manifest"), spirostate.read_record(record_file),
             saltenv=saltenv, visible=served.get("visible"))
-        if not spirostate.needs_deploy(known, new):
-            ret["comment"] = (f"{saltenv} already serves this content (digest "
-                              f"{bundle.digest[:12]}); {known.detail}")
-            return ret
-
-        files = spirostate.file_changes(known.manifest, new)
-        if known.last_deploy_failed and not files:
+        if not redeploy and not spirostate.needs_deploy(known, new):
+            raise _NoUpload(dict(ret, comment=(f"{saltenv} already serves this content (digest "
+                                               f"{bundle.digest[:12]}); {known.detail}")))
+        files = seen["files"] = spirostate.file_changes(known.manifest, new)
+        if redeploy and not files:
+            why = "a watched state changed, so it is deployed again"
+        elif known.last_deploy_failed and not files:
             why = "the last deploy of this content from here failed, so it is deployed again"
         else:
             why = _describe(files, bundle.file_count)
-        if __opts__["test"]:
-            ret["result"] = None
-            ret["changes"] = files or {"redeploy": bundle.digest}
-            ret["comment"] = f"Would deploy {saltenv}: {why}; {known.detail}"
-            return ret
+        seen["why"] = why
+        if test:
+            raise _NoUpload(dict(ret, result=None, changes=files or {"redeploy": bundle.digest},
+                                 comment=_with_warnings(f"Would deploy {saltenv}: {why}; "
+                                                        f"{known.detail}", warnings)))
 
-        queued = None
-        own_id = None if __opts__.get("__role") == "master" else __opts__.get("id")
-        on_event = saltsupport.watch_own_highstate(
-            own_id if highstate else None, _fire_callback(project, deployment, settings))
-        try:
-            report = deploy_bundle(bundle.file, project, deployment, settings,
-                                   highstate=highstate,
-                                   bundle_info=bundle_info(bundle),
-                                   on_event=on_event)
-        except saltsupport.StopWaiting as stop:
-            report, queued = stop.report, stop.minion
+    queued = None
+    own_id = None if __opts__.get("__role") == "master" else __opts__.get("id")
+    on_event = saltsupport.watch_own_highstate(
+        own_id if highstate else None, _fire_callback(project, deployment, settings))
+    recorded = {}
 
+    def run(recording):
+        # One flow with the execution module and the CLI: build, check, upload.
+        return deploy(project, deployment, settings, root=root,
+                      artifacts=saltsupport.to_list(artifacts),
+                      include_source=include_source or None, highstate=highstate,
+                      allow_empty=allow_empty, exclude=exclude, compress=compress,
+                      stream=False, on_bundle=compare, on_warning=warnings.append,
+                      on_event=on_event, history=recording)
+
+    try:
+        if test:
+            run(None)  # compare() stops it before the upload, and nothing is recorded
+        report, recorded = _recorded_deploy(project, deployment, settings, run,
+                                            rollback_on_failure, highstate, on_event)
+    except _NoUpload as stop:
+        return stop.ret
+    except saltsupport.StopWaiting as stop:
+        report, queued = stop.report, stop.minion
+
+    known, new, files, why = seen["known"], seen["manifest"], seen["files"], seen["why"]
+    bundle = report.bundle or {}
     if queued is not None:
         # Every other minion reported; judge by them.
         succeeded = not report.failed and report.exception is None
@@ -222,10 +315,10 @@ def _deployed(ret, project, deployment, settings, *, root, artifacts, include_so
         succeeded = report.succeeded
     if report.deployed or report.server_has_bundle:
         spirostate.write_record(record_file, project=project, deployment=deployment,
-                                manifest=new, sha256=bundle.sha256, succeeded=succeeded)
+                                manifest=new, sha256=bundle.get("sha256"), succeeded=succeeded)
         ret["changes"] = {
             "old": {"sha256": known.sha256, "digest": known.digest},
-            "new": {"sha256": bundle.sha256, "digest": bundle.digest},
+            "new": {"sha256": bundle.get("sha256"), "digest": bundle.get("digest")},
             "files": files,
             "minions": spirostate.minions_outcome(report),
         }
@@ -234,13 +327,64 @@ def _deployed(ret, project, deployment, settings, *, root, artifacts, include_so
     if not succeeded:
         ret["result"] = False
         ret["comment"] = spirostate.failure_comment(report)
+        if recorded.get("comment"):
+            ret["comment"] += f". Then {recorded['comment']}"
+            rollback = dict(recorded.get("rollback") or {})
+            rollback.pop("report", None)
+            ret.setdefault("changes", {})["rollback"] = rollback
+        ret["comment"] = _with_warnings(ret["comment"], warnings)
         return ret
     ret["comment"] = f"Deployed {saltenv} ({why}); {known.detail}. {report.summary()}"
     if queued is not None:
         ret["comment"] += (f". This minion ({queued}) is highstated by this deploy too: its "
                            "highstate is queued behind this state run and runs after it, so "
                            "its result is not part of this one")
+    ret["comment"] = _with_warnings(ret["comment"], warnings)
     return ret
+
+
+def _with_warnings(comment, warnings):
+    """The bundle's warnings (no top file, ...) belong in the state's comment."""
+    if not warnings:
+        return comment
+    return f"{comment}. Warnings: " + "; ".join(dict.fromkeys(warnings))
+
+
+#: Set by mod_watch: deploy even when the content is what is deployed already.
+_REDEPLOY = contextvars.ContextVar("spirodeploy_redeploy", default=False)
+
+
+def mod_watch(name, sfun=None, **kwargs):
+    """
+    Deploy again because a watched state changed something.
+
+    Salt calls this when a state that ``spirodeploy.deployed`` watches
+    reports changes (a ``git.latest`` that pulled) and ``deployed`` itself
+    changed nothing: the bundle is uploaded again, and the server highstates
+    its minions again, even though the content digest is the same.  With
+    ``test=True`` it says it would.  Takes the arguments of ``deployed``.
+
+    .. code-block:: yaml
+
+        myproject-prod:
+          spirodeploy.deployed:
+            - name: myproject/prod
+            - root: /srv/checkouts/myproject
+            - watch:
+              - git: /srv/checkouts/myproject
+    """
+    if sfun != "deployed":
+        return {"name": name, "result": False, "changes": {},
+                "comment": f"spirodeploy.{sfun} does not support watch"}
+    # Salt passes the whole low chunk (__id__, fun, watch ...): keep deployed's arguments.
+    accepted = inspect.signature(deployed).parameters
+    arguments = {key: value for key, value in kwargs.items()
+                 if key in accepted and key != "name"}
+    token = _REDEPLOY.set(True)
+    try:
+        return deployed(name, **arguments)
+    finally:
+        _REDEPLOY.reset(token)
 
 
 def _target(name, project, deployment):
@@ -266,8 +410,112 @@ def _describe(files, total):
 
 
 def _fire_callback(project, deployment, settings):
+    send = _event_sender()
+
     def on_event(event, data, report):  # pylint: disable=unused-argument
-        tag, payload = saltsupport.bus_event(project, deployment, event, data, [settings.token])
-        saltsupport.fire_event(__opts__, __salt__.get("event.send"), tag, payload)
+        tag, payload = saltsupport.bus_event(project, deployment, event, data,
+                                             saltsupport.tokens_of(settings))
+        saltsupport.fire_event(__opts__, send, tag, payload)
 
     return on_event
+
+
+def _event_sender():
+    """How this state reaches the event bus: ``send(tag, data)``.
+
+    In an orchestration the state runs on the master, where ``event.send``
+    would look for a master of its own: fire on the master's bus directly.
+    On a minion, ``event.send`` sends to its master's bus.
+    """
+    if __opts__.get("__role") != "master":
+        return __salt__.get("event.send")
+    import salt.utils.event  # pylint: disable=import-outside-toplevel
+
+    def send(tag, data):
+        with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"],
+                                               listen=False) as bus:
+            return bus.fire_event(data, tag)
+
+    return send
+
+
+def _recorded_deploy(project, deployment, settings, run, rollback_on_failure, highstate,
+                     on_event):
+    """Deploy with ``run(recording)``, recorded in this minion's history (issue 15)."""
+    from spirodeploy.history import DEFAULT_KEEP, HistoryStore
+    from spirodeploy.rollback import recorded_deploy
+
+    config_get = __salt__["config.get"]
+    keep = config_get("spirodeploy:history_keep", DEFAULT_KEEP)
+    store = HistoryStore(config_get("spirodeploy:history_dir")
+                         or os.path.join(__opts__["cachedir"], "spirodeploy-history"),
+                         keep=int(keep),
+                         max_bytes=config_get("spirodeploy:history_max_bytes", None) or None,
+                         on_warning=lambda text: log.warning("spirodeploy: %s", text))
+    return recorded_deploy(store, project, deployment, settings, run,
+                           rollback_on_failure=rollback_on_failure, highstate=highstate,
+                           on_event=on_event)
+
+
+# --- staged rollouts (the runner does the highstates) ------------------------------
+
+def _staged(project, deployment, batch, canary, on_batch_failure, rollback_on_failure,
+            highstate, **connection):
+    """The ``spirodeploy.rollout`` runner's arguments, checked; None when not staged."""
+    if batch is None and canary is None and on_batch_failure is None:
+        return None
+    if not highstate:
+        raise errors.UsageError("batch and canary highstate the minions: they cannot be used "
+                                "with highstate: False")
+    if __opts__.get("__role") != "master":
+        raise errors.UsageError("batch, canary and on_batch_failure need the master: run "
+                                "spirodeploy.deployed in an orchestration "
+                                "(salt-run state.orchestrate)")
+    if on_batch_failure is None and saltsupport.to_bool(rollback_on_failure,
+                                                        "rollback_on_failure"):
+        on_batch_failure = "rollback"
+    kwarg = {"batch": batch, "canary": canary, "on_batch_failure": on_batch_failure,
+             **{key: value for key, value in connection.items() if value is not None}}
+    kwarg = {key: value for key, value in kwarg.items() if value is not None}
+    if batch is None and canary is None:
+        raise errors.UsageError("on_batch_failure needs batch or canary")
+    # Before anything is built or uploaded: the runner checks the options and
+    # the canary against the minions, and highstates nobody.
+    check = _runner("spirodeploy.rollout", [project, deployment], {**kwarg, "test": True})
+    if not check.get("result"):
+        raise errors.UsageError(str(check.get("error") or check.get("comment")
+                                    or "the rollout cannot start"))
+    return kwarg
+
+
+def _roll_out(ret, project, deployment, kwarg):
+    """After an upload with the highstate off: the staged highstates, folded into ``ret``."""
+    if ret.get("result") is not True or not ret.get("changes"):
+        return ret  # unchanged (nothing uploaded), test mode, or the upload failed
+    rolled = _runner("spirodeploy.rollout", [project, deployment], kwarg)
+    minions = rolled.get("minions") or {}
+    ret["changes"]["rollout"] = {
+        "done": minions.get("done", []), "failed": minions.get("failed", []),
+        "no_response": minions.get("no_response", []),
+        "never_started": minions.get("never_started", []),
+        "stopped_at_batch": rolled.get("stopped_at_batch"), "jids": rolled.get("jids", []),
+    }
+    if rolled.get("on_failure") is not None:
+        ret["changes"]["rollout"]["on_failure"] = rolled["on_failure"]
+    ret["result"] = rolled.get("result") is True
+    ret["comment"] = f"{ret['comment']}. {rolled.get('summary') or rolled.get('error')}"
+    if not ret["result"]:
+        # The upload was recorded as a success; mark it failed so that the next
+        # run deploys and rolls out again instead of saying "already serves".
+        path = spirostate.record_path(__opts__["cachedir"], project, deployment)
+        record = spirostate.read_record(path)
+        if record is not None:
+            spirostate.write_record(path, project=project, deployment=deployment,
+                                    manifest=record["manifest"], sha256=record.get("sha256"),
+                                    succeeded=False)
+    return ret
+
+
+def _runner(fun, arg, kwarg):
+    ret = __salt__["saltutil.runner"](fun, arg=arg, kwarg=kwarg)
+    return ret if isinstance(ret, dict) else {"result": False, "error": str(ret)}

@@ -8,7 +8,9 @@ the upload here.
 
 from __future__ import annotations
 
+import os
 import unicodedata
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, InvalidNameError
@@ -17,10 +19,22 @@ if TYPE_CHECKING:
     from .tokens import TokenScope
 
 
-def check_name(kind: str, name: str) -> str:
+class CheckedName(str):
+    """A name :func:`check_name` accepted: checking it again costs nothing.
+
+    The CLI checks its names where they enter, before anything else; the
+    deploy flow's own check (the boundary for the Salt faces and library
+    callers) then lets them through without judging them twice.
+    """
+
+    __slots__ = ()
+
+
+def check_name(kind: str, name: str) -> CheckedName:
     """Refuse a project or deployment name the server would mishandle.
 
-    ``kind`` is ``"project"`` or ``"deployment"``; returns ``name``.
+    ``kind`` is ``"project"`` or ``"deployment"``; returns ``name`` as a
+    :class:`CheckedName` (the same rules hold for both kinds).
 
     SpiroFS 0.3 joins the names, URL-quoted, into
     ``<cachedir>/spirofs/<project>/<deployment>`` and stages a deploy in a
@@ -33,6 +47,8 @@ def check_name(kind: str, name: str) -> str:
     shares, would map ``prod.`` onto ``prod``); no white space at either end
     (the server strips it); no control characters; valid UTF-8.
     """
+    if type(name) is CheckedName:
+        return name
     if name is None or isinstance(name, str) and not name.strip():
         raise InvalidNameError(f"{kind} name is empty")
     if not isinstance(name, str):
@@ -66,7 +82,7 @@ def check_name(kind: str, name: str) -> str:
         name.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidNameError(f"{kind} name {name!r} is not valid UTF-8") from None
-    return name
+    return CheckedName(name)
 
 
 def clean_token(token: str | None) -> str:
@@ -77,12 +93,28 @@ def clean_token(token: str | None) -> str:
     includes the token.
     """
     if token is None or not token.strip():
-        raise ConfigError("no token given: use --token-file, SPIRO_TOKEN_FILE, --token or SPIRO_TOKEN")
+        raise ConfigError("no token given", setting="token", fix=": use {token}")
     token = token.strip()
     if any(ch.isspace() for ch in token):
         raise ConfigError("the token contains white space or a line break inside it; "
                           "check the token file or variable")
     return token
+
+
+def token_files(*named: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Every file a token may be read from here: none of them may be bundled.
+
+    ``named`` are the token files the user named (each may be a comma list,
+    one per server), then ``SPIRO_TOKEN_FILE`` (likewise), whether or not
+    the settings read them.  Needs no token and reads no file, so a build
+    alone (``--dry-run``, ``spirodeploy.bundle``) leaves out the same files
+    as a deploy.
+    """
+    environ = os.environ if environ is None else environ
+    values = [str(value) for value in (*named, environ.get("SPIRO_TOKEN_FILE")) if value]
+    # Each whole value too: a single file's name may hold a comma.
+    return list(dict.fromkeys(
+        path for value in values for path in (value, *value.split(",")) if path.strip()))
 
 
 def token_caveats(token: str) -> dict[str, Any] | None:

@@ -9,7 +9,49 @@ the token.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping
 from enum import IntEnum
+
+#: How the ``spiro-deploy`` command names each setting an error's fix
+#: mentions.  A message names settings this way unless a face renders it in
+#: its own terms (:func:`naming`; the Salt faces' names are in
+#: :data:`spirodeploy.saltsupport.SALT_NAMES`).  ``token`` is how to give a
+#: token at all; ``insecure_on`` how to turn verification off; ``ssl_cert_file``
+#: how to name a CA file.
+CLI_NAMES: dict[str, str] = {
+    "token": "--token-file, SPIRO_TOKEN_FILE, --token or SPIRO_TOKEN",
+    "server": "--server",
+    "insecure": "--insecure",
+    "insecure_on": "--insecure",
+    "ssl_cert": "--ssl-cert",
+    "ssl_cert_file": "--ssl-cert FILE",
+    "timeout": "--timeout",
+    "connect_timeout": "--connect-timeout",
+    "deadline": "--deadline",
+    "allow_empty": "--allow-empty",
+    "include_source": "--include-source",
+    "root": "--directory",
+}
+
+_NAMES: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "spirodeploy_setting_names", default=CLI_NAMES)
+
+
+@contextlib.contextmanager
+def naming(names: Mapping[str, str]) -> Iterator[None]:
+    """Errors raised inside the block name settings as ``names`` does.
+
+    A face (the Salt modules) wraps its call in this, so that the messages
+    the flow records as text (a report's ``error``, a server's outcome)
+    name the face's settings, not the command line's.
+    """
+    token = _NAMES.set(names)
+    try:
+        yield
+    finally:
+        _NAMES.reset(token)
 
 
 class ExitCode(IntEnum):
@@ -35,7 +77,16 @@ class ExitCode(IntEnum):
 
 
 class SpiroDeployError(Exception):
-    """Base of every error spiro-deploy raises on purpose."""
+    """Base of every error spiro-deploy raises on purpose.
+
+    The message says what is wrong.  When a setting fixes it, :attr:`setting`
+    names that setting (``"token"``, ``"allow_empty"``, ``"insecure"``,
+    ``"ssl_cert"``, ``"timeout"``, ``"deadline"``, ``"include_source"``,
+    ``"server"``, ``"root"``) and ``fix`` is the sentence that says how, with
+    ``{token}``-style fields each face fills with its own names
+    (:meth:`in_terms`; ``str()`` and :attr:`message` use the names of the
+    :func:`naming` the error was raised in, by default :data:`CLI_NAMES`).
+    """
 
     exit_code: ExitCode = ExitCode.DEPLOY_FAILED
 
@@ -44,14 +95,44 @@ class SpiroDeployError(Exception):
     #: may be deploying or have deployed it), ``None`` when it cannot be known.
     server_has_bundle: bool | None = False
 
-    def __init__(self, message: str, *, server_has_bundle: bool | None = None):
-        super().__init__(message)
+    #: The setting that fixes this error, or None.
+    setting: str | None = None
+
+    def __init__(self, message: str, *, server_has_bundle: bool | None = None,
+                 setting: str | None = None, fix: str = ""):
+        self.what = message
+        # The fix follows the message, or places it with a {what} field.
+        self.fix = fix if "{what}" in fix else "{what}" + fix
+        self.more = ""
+        # The face in whose terms the error was raised (see naming()).
+        self.names = _NAMES.get()
+        super().__init__(self.in_terms(CLI_NAMES))
         if server_has_bundle is not None:
             self.server_has_bundle = server_has_bundle
+        if setting is not None:
+            self.setting = setting
+
+    def in_terms(self, names: Mapping[str, str]) -> str:
+        """The message, its fix naming each setting as ``names`` does."""
+        if not hasattr(self, "what"):  # built without __init__ (copy, unpickle)
+            return str(self.args[0]) if self.args else self.__class__.__name__
+        # format_map fills {what} with the text as it is: braces in it stay.
+        return self.fix.format_map({**names, "what": self.what}) + self.more
+
+    def add(self, text: str) -> None:
+        """Append ``text`` to the message (what became of the deploy)."""
+        self.more += text
+        self.args = (self.in_terms(CLI_NAMES),)
 
     @property
     def message(self) -> str:
-        return str(self.args[0]) if self.args else self.__class__.__name__
+        # A face's terms win: those the error was raised in, else those it is
+        # shown in (an error raised in a builder thread, shown by a Salt face).
+        names = getattr(self, "names", CLI_NAMES)
+        return self.in_terms(names if names is not CLI_NAMES else _NAMES.get())
+
+    def __str__(self) -> str:
+        return self.message
 
 
 # --- input and configuration -------------------------------------------------
@@ -114,8 +195,9 @@ class ServerError(SpiroDeployError):
     exit_code = ExitCode.SERVER
 
     def __init__(self, message: str, *, status: int | None = None, body: str = "",
-                 server_has_bundle: bool | None = None):
-        super().__init__(message, server_has_bundle=server_has_bundle)
+                 server_has_bundle: bool | None = None, setting: str | None = None,
+                 fix: str = ""):
+        super().__init__(message, server_has_bundle=server_has_bundle, setting=setting, fix=fix)
         self.status = status
         self.body = body
 

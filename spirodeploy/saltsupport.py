@@ -6,8 +6,12 @@ tested without a loader):
 
 * :func:`resolve_settings` - connection settings from explicit arguments,
   then Salt configuration (``spirodeploy:server`` ...), then the environment;
+  :func:`project_root` - the ``root`` argument or ``spirodeploy:root``;
+* :data:`SALT_NAMES` / :func:`salt_terms` - errors worded with the Salt
+  faces' arguments and settings instead of the CLI's flags;
 * :func:`bus_event` - the tag and the trimmed, token-free data of one
-  deploy event for Salt's event bus;
+  deploy event for Salt's event bus, fired by :func:`fire_event` through
+  the ``send`` the face hands in;
 * :func:`scrub` - remove a secret from anything about to be returned;
 * :func:`error_report` - a failed deploy's return when it stopped before the
   upload, in the same shape as :meth:`DeployReport.to_dict`;
@@ -29,7 +33,7 @@ from .settings import Settings
 #: The Salt configuration keys, all under ``spirodeploy:`` (minion config,
 #: grains or pillar for the execution module and the state; master config
 #: for the runner).
-CONFIG_KEYS = ("server", "token", "token_file", "ssl_cert", "insecure", "timeout",
+CONFIG_KEYS = ("server", "servers", "token", "token_file", "ssl_cert", "insecure", "timeout",
                "connect_timeout", "deadline")
 
 #: Event tags are ``spirodeploy/<project>/<deployment>/<event>``.
@@ -42,11 +46,37 @@ MAX_EVENT_BYTES = 64 * 1024
 
 ConfigGetter = Callable[[str], Any]
 
+#: How the Salt faces name each setting in an error's fix (the command line's
+#: names are :data:`spirodeploy.errors.CLI_NAMES`): the argument, and the
+#: ``spirodeploy:`` key in the configuration or pillar where there is one.
+SALT_NAMES: dict[str, str] = {
+    "token": (f"{TAG_PREFIX}:token_file or {TAG_PREFIX}:token (pillar or configuration), "
+              "or the token_file argument"),
+    "server": f"the server argument (or {TAG_PREFIX}:server)",
+    "insecure": "insecure",
+    "insecure_on": f"insecure=True (or {TAG_PREFIX}:insecure: true)",
+    "ssl_cert": "ssl_cert",
+    "ssl_cert_file": f"ssl_cert=<CA file> (or {TAG_PREFIX}:ssl_cert)",
+    "timeout": f"timeout (or {TAG_PREFIX}:timeout)",
+    "connect_timeout": f"connect_timeout (or {TAG_PREFIX}:connect_timeout)",
+    "deadline": f"{TAG_PREFIX}:deadline",
+    "allow_empty": "allow_empty=True",
+    "include_source": "include_source",
+    "root": f"root=<project directory> (or {TAG_PREFIX}:root)",
+}
+
+
+def salt_terms():
+    """A ``with`` block in which every error names the Salt faces' settings."""
+    from .errors import naming
+
+    return naming(SALT_NAMES)
+
 
 # --- settings ------------------------------------------------------------------
 
 def config_getter(mapping: Mapping[str, Any] | None) -> ConfigGetter:
-    """A ``config.get``-like getter over a nested mapping (the master's opts).
+    """A ``config.get``-like getter over a plain nested mapping (no ``sdb://``).
 
     ``getter("spirodeploy:server")`` walks the ``:``-separated keys; a
     missing key gives ``None``.
@@ -116,12 +146,32 @@ def token_files(config_get: ConfigGetter | None = None, token_file: Any = None,
     Needs no token and reads no file, so building a bundle alone never fails
     over the connection settings.
     """
+    from .checks import token_files as named_token_files
+
+    found = [token_file, config_get(f"{TAG_PREFIX}:token_file") if config_get else None]
+    return named_token_files(*(str(path) for path in found if path not in (None, "", {})),
+                             environ=environ)
+
+
+def project_root(root: Any, config_get: ConfigGetter | None = None) -> str:
+    """The project directory: the ``root`` argument, else ``spirodeploy:root``.
+
+    One of them must be given, as an absolute path: a Salt daemon's working
+    directory is ``/``, never the project.
+    """
     import os
 
-    environ = os.environ if environ is None else environ
-    found = [token_file, config_get(f"{TAG_PREFIX}:token_file") if config_get else None,
-             environ.get("SPIRO_TOKEN_FILE")]
-    return [str(path) for path in found if path not in (None, "", {})]
+    if root in (None, "") and config_get is not None:
+        root = config_get(f"{TAG_PREFIX}:root")
+    with salt_terms():
+        if root in (None, "", {}):
+            raise ConfigError("no project directory given (a Salt daemon works in /, not in "
+                              "the project)", setting="root", fix="; give {root}")
+        if not isinstance(root, str) or not os.path.isabs(root):
+            raise ConfigError(f"the project directory {root!r} is not an absolute path (a Salt "
+                              "daemon works in /, not in the project)", setting="root",
+                              fix="; give {root}")
+    return root
 
 
 def to_list(value: Any, what: str = "artifacts") -> list[str]:
@@ -152,15 +202,28 @@ def resolve_settings(
     """Connection settings: explicit values, then Salt config, then the environment.
 
     ``config_get`` is ``__salt__["config.get"]`` (minion: options, grains,
-    pillar) or :func:`config_getter` over the master's options; it is asked
+    pillar; runner: the master's options; ``sdb://`` values looked up in
+    both) or :func:`config_getter` over a plain mapping; it is asked
     for ``spirodeploy:<key>`` for each key in :data:`CONFIG_KEYS`.  The
     environment (``SPIRO_URL``, ``SPIRO_TOKEN_FILE``, ``SPIRO_TOKEN``) is
     read by :meth:`Settings.resolve` last.
 
     The token and the token file are one choice: an explicit ``token`` or
     ``token_file`` hides both configured ones; likewise ``ssl_cert`` and
-    ``insecure`` for how the server is verified.
+    ``insecure`` for how the server is verified.  Errors name the Salt
+    settings (:data:`SALT_NAMES`).
     """
+    with salt_terms():
+        return _resolve_settings(config_get, server=server, token=token, token_file=token_file,
+                                 ssl_cert=ssl_cert, insecure=insecure, timeout=timeout,
+                                 connect_timeout=connect_timeout, environ=environ,
+                                 need_token=need_token, deadline=deadline)
+
+
+def _resolve_settings(config_get: ConfigGetter | None, *, server: Any, token: Any,
+                      token_file: Any, ssl_cert: Any, insecure: Any, timeout: Any,
+                      connect_timeout: Any, environ: Mapping[str, str] | None,
+                      need_token: bool, deadline: Any) -> Settings:
     def conf(key: str) -> Any:
         if config_get is None:
             return None
@@ -179,32 +242,88 @@ def resolve_settings(
     timeout = conf("timeout") if timeout is None else timeout
     connect_timeout = conf("connect_timeout") if connect_timeout is None else connect_timeout
     deadline = conf("deadline") if deadline is None else deadline
+    several = server_list(server if server else conf("servers"))
+    if several is not None:
+        from .settings import resolve_servers
+
+        # Each server may name its own token, token file and CA; what it
+        # leaves out is the one given for all.
+        shared = {"token": _text_or_none(token), "token_file": _text_or_none(token_file),
+                  "ssl_cert": _text_or_none(ssl_cert)}
+        own = [_own_secrets(entry, shared) for entry in several]
+        return resolve_servers(
+            [entry["url"] for entry in several],
+            tokens=[entry["token"] for entry in own],
+            token_files=[entry["token_file"] for entry in own],
+            ssl_certs=[entry["ssl_cert"] for entry in own],
+            insecure=to_bool(insecure, insecure_what), read_timeout=timeout,
+            connect_timeout=connect_timeout, deadline=deadline,
+            environ=environ, need_token=need_token)
     return Settings.resolve(
         server=_text_or_none(server if server else conf("server")),
         token=_text_or_none(token),
         token_file=_text_or_none(token_file),
         ssl_cert=_text_or_none(ssl_cert),
         insecure=to_bool(insecure, insecure_what),
-        read_timeout=None if timeout is None else _number("timeout", timeout, unlimited=True),
-        connect_timeout=None if connect_timeout is None else _number("connect_timeout",
-                                                                     connect_timeout),
-        deadline=None if deadline is None else _number("deadline", deadline, unlimited=True),
+        # Timeouts as given: Settings.resolve reads the numbers (or their text).
+        read_timeout=timeout,
+        connect_timeout=connect_timeout,
+        deadline=deadline,
         environ=environ,
         need_token=need_token,
     )
 
 
+def server_list(value: Any) -> list[dict[str, Any]] | None:
+    """Several servers from a ``server`` argument or ``spirodeploy:servers``, or None.
+
+    A list (or a comma-separated string) of URLs, or of mappings with
+    ``url`` and optionally ``token``, ``token_file``, ``ssl_cert``.  None
+    when it names fewer than two servers as plain text (one URL keeps the
+    single-server path exactly as before).
+    """
+    if value is None or value == "" or value == {}:
+        return None
+    if isinstance(value, str):
+        items: list[Any] = [part.strip() for part in value.split(",") if part.strip()]
+        if len(items) < 2:
+            return None
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ConfigError(f"servers must be a list of URLs or of mappings with a url, "
+                          f"not {type(value).__name__}")
+    entries = []
+    for item in items:
+        if isinstance(item, str):
+            entries.append({"url": item})
+        elif isinstance(item, Mapping) and isinstance(item.get("url"), str):
+            unknown = set(item) - {"url", "token", "token_file", "ssl_cert"}
+            if unknown:
+                raise ConfigError(f"servers: unknown key(s) {', '.join(sorted(map(str, unknown)))}"
+                                  f" for {item['url']} (url, token, token_file, ssl_cert)")
+            entries.append({key: _text_or_none(item.get(key)) for key in
+                            ("url", "token", "token_file", "ssl_cert")})
+        else:
+            raise ConfigError("each of servers must be a URL or a mapping with a url")
+    return entries or None
+
+
+def _own_secrets(entry: Mapping[str, Any], shared: Mapping[str, Any]) -> dict[str, Any]:
+    """A server's token (or token file) and CA: its own, else the shared ones."""
+    own = entry.get("token") is not None or entry.get("token_file") is not None
+    source = entry if own else shared
+    return {"token": source.get("token"), "token_file": source.get("token_file"),
+            "ssl_cert": entry.get("ssl_cert") or shared.get("ssl_cert")}
+
+
+def tokens_of(settings: Settings | None) -> list[str | None]:
+    """Every server's token (for scrubbing returns); none without settings."""
+    return [server.token for server in settings.all_servers] if settings is not None else []
+
+
 def _text_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-def _number(what: str, value: Any, unlimited: bool = False) -> float:
-    # Checked here so the message names the Salt argument; Settings maps 0
-    # and inf to "no limit" where there is one.
-    from .client import check_timeout
-
-    check_timeout(what, value, unlimited=unlimited)
-    return float(value)
 
 
 # --- returns -------------------------------------------------------------------
@@ -337,23 +456,20 @@ def bus_event(project: str, deployment: str, event: str, data: Any,
 
 def fire_event(opts: Mapping[str, Any], send: Callable[[str, dict], Any] | None,
                tag: str, data: dict[str, Any]) -> bool:
-    """Fire one event where Salt's tools see it; never raise.
+    """Fire one event through ``send(tag, data)``; never raise.
 
-    On the master (runners, orchestration) the event goes straight onto the
-    master's bus.  On a minion it goes through ``send`` (``event.send``) to
-    its master's bus.  A masterless minion (``--local``) has no bus to reach,
-    so nothing is sent.  Returns whether the event was sent.
+    ``send`` is the face's way onto Salt's bus, so that this library never
+    imports Salt: ``event.send`` on a minion (to its master's bus) and in a
+    runner (the master's bus), a sender built on ``salt.utils.event`` by the
+    state in an orchestration.  A masterless minion (``--local``) has no bus
+    to reach, so nothing is sent.  Returns whether the event was sent.
     """
     import logging
 
     log = logging.getLogger(__name__)
     try:
-        if opts.get("__role") == "master":
-            import salt.utils.event  # only ever called inside a Salt process
-
-            with salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=False) as bus:
-                return bool(bus.fire_event(data, tag))
-        if (opts.get("local") or opts.get("file_client") == "local") \
+        if opts.get("__role") != "master" and (
+                opts.get("local") or opts.get("file_client") == "local") \
                 and not opts.get("use_master_when_local"):
             log.debug("masterless: event %s not sent", tag)
             return False
@@ -367,7 +483,12 @@ def fire_event(opts: Mapping[str, Any], send: Callable[[str, dict], Any] | None,
 
 
 def minion_summary(minion: str, result: Any) -> dict[str, Any]:
-    """A ``highstate-update`` result reduced to what a reactor needs."""
+    """A ``highstate-update`` result reduced to what a reactor needs.
+
+    Bounded like the report's own summary: counts, durations, the job id and
+    the first few failed and changed states (``truncated`` when some were
+    left out; the full return is in the job cache under ``jid``).
+    """
     parsed = MinionResult.from_event(minion, result)
     failed = parsed.failed_states
     changed = parsed.changed_states
@@ -375,14 +496,17 @@ def minion_summary(minion: str, result: Any) -> dict[str, Any]:
         "succeeded": parsed.succeeded,
         "no_response": parsed.no_response,
         "retcode": parsed.retcode,
-        "counts": parsed.counts,
+        "jid": parsed.jid,
+        "counts": dict(parsed.counts),
+        "duration_ms": parsed.duration_ms,
         "errors": [_cut(text, 1000) for text in parsed.errors[:MAX_ITEMS]],
         "failed": [{"id": s.id, "function": s.function, "name": s.name,
                     "comment": _cut(s.comment, 1000)} for s in failed[:MAX_ITEMS]],
         "changed": [{"id": s.id, "function": s.function, "name": s.name}
                     for s in changed[:MAX_ITEMS]],
-        "truncated": len(failed) > MAX_ITEMS or len(changed) > MAX_ITEMS
-                     or len(parsed.errors) > MAX_ITEMS,
+        "truncated": bool(len(failed) > MAX_ITEMS or len(changed) > MAX_ITEMS
+                          or len(parsed.errors) > MAX_ITEMS or parsed.failed_omitted
+                          or parsed.changed_omitted or parsed.errors_omitted),
     }
 
 
@@ -468,6 +592,8 @@ def watch_own_highstate(minion_id: str | None,
         if minion_id is None or report.finished or report.exception is not None:
             return
         if event in ("highstate-start", "highstate-update"):
+            if len(report.minions_expected) - len(report.minions) > 1:
+                return  # at least two still to report; cheap, once per event on big fleets
             pending = set(report.minions_expected) - set(report.minions)
             if pending == {minion_id}:
                 raise StopWaiting(report, minion_id)

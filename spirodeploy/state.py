@@ -27,8 +27,9 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import quote
 
 from .manifest import MANIFEST_NAME, diff_manifests
@@ -42,6 +43,8 @@ __all__ = [
     "read_record",
     "write_record",
     "what_is_deployed",
+    "what_is_served",
+    "record_summary",
     "needs_deploy",
     "file_changes",
     "minions_outcome",
@@ -181,6 +184,54 @@ def what_is_deployed(served_text: Any, record: Mapping[str, Any] | None, *,
         )
     return Deployed("nothing", detail=(f"saltenv {saltenv} is not visible through this host's "
                                        "fileserver and there is no local record of a deploy"))
+
+
+def what_is_served(project: str, deployment: str, files: list[str] | None,
+                   read: Callable[[str], Any], *, manifest: bool = False) -> dict[str, Any]:
+    """What saltenv ``<project>/<deployment>`` serves, as seen through a fileserver.
+
+    ``files`` is the saltenv's file list (``cp.list_master``; empty when it is
+    not visible from here) and ``read(path)`` a file's text (``cp.get_file_str``
+    of ``salt://<path>``; False when missing).  Returns ``visible``,
+    ``source`` (``manifest``, ``gitcommit``, ``files`` or None), ``digest``,
+    ``gitcommit``, ``tool``, ``file_count`` and a ``comment``; with
+    ``manifest`` also the whole served ``manifest`` when there is one.
+    """
+    saltenv = f"{project}/{deployment}"
+    files = list(files or [])
+    ret: dict[str, Any] = {
+        "result": True, "project": project, "deployment": deployment, "saltenv": saltenv,
+        "visible": bool(files), "source": None, "digest": None, "gitcommit": None,
+        "tool": None, "file_count": None,
+    }
+    served = parse_manifest(read(MANIFEST_NAME)) if MANIFEST_NAME in files else None
+    if served is not None:
+        ret.update(source="manifest", digest=served["digest"], gitcommit=served.get("gitcommit"),
+                   tool=served.get("tool"), file_count=len(served["files"]))
+        if manifest:
+            ret["manifest"] = served
+        ret["comment"] = (f"saltenv {saltenv} serves a bundle of {len(served['files'])} files "
+                          f"(digest {served['digest']})")
+    elif files:
+        ret["file_count"] = len(files)
+        commit = read(".gitcommit") if ".gitcommit" in files else None
+        if commit:
+            ret.update(source="gitcommit", gitcommit=str(commit).strip())
+        else:
+            ret["source"] = "files"
+        ret["comment"] = (f"saltenv {saltenv} serves {len(files)} files but no "
+                          f"{MANIFEST_NAME}: it was not deployed by spiro-deploy 1.x")
+    else:
+        ret["comment"] = (f"saltenv {saltenv} is not visible from this minion: nothing is "
+                          "deployed there, or this minion's master is not the SpiroFS server")
+    return ret
+
+
+def record_summary(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The part of a local record a status shows (None without a record)."""
+    if record is None:
+        return None
+    return {key: record.get(key) for key in ("digest", "sha256", "succeeded", "time")}
 
 
 def needs_deploy(deployed: Deployed, new_manifest: Mapping[str, Any]) -> bool:

@@ -231,7 +231,7 @@ class TokenScope:
         if self.not_after is not None and now >= self.not_after:
             raise TokenExpired(f"the token expired at {utc(self.not_after)}; issue a new one "
                                "(salt-run spiro.issue_token)")
-        if self.not_before is not None and now < self.not_before - CLOCK_SKEW:
+        if self.not_before is not None and now <= self.not_before - CLOCK_SKEW:
             raise TokenExpired(f"the token is not valid before {utc(self.not_before)}; "
                                "check the clocks")
         if not self.allows_project(project):

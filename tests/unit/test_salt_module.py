@@ -106,7 +106,7 @@ def context():
 def test_virtual_says_how_to_install_when_the_library_is_missing(monkeypatch):
     assert spiromod.__virtual__() == "spirodeploy"
     monkeypatch.setattr(spiromod, "LIBRARY_ERROR", "No module named 'spirodeploy'")
-    assert spiromod.__virtual__() == (False, "install spiro-deploy: pip install spiro-deploy")
+    assert spiromod.__virtual__() == (False, 'install spiro-deploy 1.0 or newer: pip install "spiro-deploy>=1.0" (onedir Salt packages: salt-pip install "spiro-deploy>=1.0")')
 
 
 def test_virtual_when_spirodeploy_cannot_be_imported(tmp_path):
@@ -122,7 +122,7 @@ def test_virtual_when_spirodeploy_cannot_be_imported(tmp_path):
         "print(m.__virtual__())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "(False, 'install spiro-deploy: pip install spiro-deploy')"
+    assert out.stdout.strip() == str((False, 'install spiro-deploy 1.0 or newer: pip install "spiro-deploy>=1.0" (onedir Salt packages: salt-pip install "spiro-deploy>=1.0")'))
 
 
 def test_the_library_is_imported_even_with_this_directory_on_sys_path(monkeypatch):
@@ -305,7 +305,8 @@ def test_bundle_builds_only(project, tmp_path):
 def test_bundle_of_an_empty_project_fails(tmp_path):
     (tmp_path / "empty" / "_salt").mkdir(parents=True)
     ret = spiromod.bundle(str(tmp_path / "empty"), str(tmp_path / "out.tar"))
-    assert ret["result"] is False and ret["exit_code"] == 2 and "--allow-empty" in ret["error"]
+    assert ret["result"] is False and ret["exit_code"] == 2 and "allow_empty=True" in ret["error"]
+    assert "--allow-empty" not in ret["error"]
     assert context()["retcode"] == 2
 
 
@@ -370,3 +371,145 @@ def test_status_shows_the_local_record(tmp_path):
 def test_status_refuses_bad_names():
     ret = spiromod.status("proj", "..")
     assert ret["result"] is False and context()["retcode"] == 2
+
+
+# --- issue 11: names, yes/no arguments, the token file in bundles --------------
+
+@pytest.mark.parametrize("project_name, deployment", [(".", "otherproj"), ("proj", "."),
+                                                      ("proj", "..."), ("proj", ".staging"),
+                                                      (".proj", "prod"), ("proj", "prod.")])
+def test_names_mapped_onto_another_directory_are_refused(project, pillar_settings, fake_server,
+                                                         bus, project_name, deployment):
+    for ret in (spiromod.deploy(project_name, deployment, root=str(project)),
+                spiromod.upload(project_name, deployment, str(project / "none.tar"))):
+        assert ret["result"] is False and ret["exit_code"] == 2
+        assert "name" in ret["error"]
+    assert fake_server.received == [] and bus.events == []
+    assert spiromod.status(project_name, deployment)["result"] is False
+
+
+@pytest.mark.parametrize("value", ["false", "False", "no", "off", "0", 0, False])
+def test_allow_empty_false_as_text_does_not_empty_the_saltenv(tmp_path, pillar_settings,
+                                                               fake_server, value):
+    """bool("false") is True: an empty project wiped the saltenv (issue 11, item 6)."""
+    (tmp_path / "empty" / "_salt").mkdir(parents=True)
+    ret = spiromod.deploy("proj", "prod", root=str(tmp_path / "empty"), allow_empty=value)
+    assert ret["result"] is False and ret["exit_code"] == 2 and "allow_empty=True" in ret["error"]
+    assert "--allow-empty" not in ret["error"]
+    assert fake_server.received == []
+
+
+@pytest.mark.parametrize("value", ["no", "false", "off", "0", "NO"])
+def test_highstate_no_as_text_does_not_highstate(project, pillar_settings, fake_server, value):
+    fake_server.then(chunks=[sse("deploy-bundle", {"msg": "Deploying bundle"})])
+    ret = spiromod.deploy("proj", "prod", root=str(project), highstate=value)
+    assert ret["result"] is True and ret["highstate"] is False
+    assert "highstate" not in fake_server.received[0].fields
+
+
+def test_upload_highstate_no_as_text_does_not_highstate(project, pillar_settings, fake_server,
+                                                        tmp_path):
+    output = tmp_path / "b.tar"
+    assert spiromod.bundle(str(project), str(output))["result"] is True
+    fake_server.then(chunks=[sse("deploy-bundle", {"msg": "Deploying bundle"})])
+    ret = spiromod.upload("proj", "prod", str(output), highstate="no", fire_events="off")
+    assert ret["result"] is True and "highstate" not in fake_server.received[0].fields
+
+
+def test_fire_events_false_as_text_fires_nothing(project, fake_server, bus, pillar_settings):
+    spiromod.deploy("proj", "prod", root=str(project), fire_events="false")
+    assert fake_server.received and bus.events == []
+
+
+@pytest.mark.parametrize("argument", ["highstate", "allow_empty", "fire_events"])
+def test_a_yes_no_argument_that_cannot_be_read_is_a_clear_error(project, pillar_settings,
+                                                                fake_server, argument):
+    ret = spiromod.deploy("proj", "prod", root=str(project), **{argument: "maybe"})
+    assert ret["result"] is False and ret["exit_code"] == 2
+    assert ret["error"].startswith(f"{argument} must be true or false")
+    assert context()["retcode"] == 2 and fake_server.received == []
+    ret = spiromod.upload("proj", "prod", "x.tar", highstate="sometimes")
+    assert ret["result"] is False and ret["error"].startswith("highstate must be true or false")
+
+
+def test_a_configured_insecure_that_cannot_be_read_is_a_clear_error(project, config,
+                                                                    fake_server):
+    config.update({"spirodeploy:server": fake_server.url, "spirodeploy:token": TOKEN,
+                   "spirodeploy:insecure": "perhaps"})
+    ret = spiromod.deploy("proj", "prod", root=str(project))
+    assert ret["result"] is False and "spirodeploy:insecure must be" in ret["error"]
+    assert fake_server.received == []
+
+
+def test_bundle_and_status_read_yes_no_text(project, tmp_path, fileserver):
+    (tmp_path / "empty" / "_salt").mkdir(parents=True)
+    ret = spiromod.bundle(str(tmp_path / "empty"), str(tmp_path / "e.tar"), allow_empty="no")
+    assert ret["result"] is False and "allow_empty=True" in ret["error"]
+    assert "--allow-empty" not in ret["error"]
+    ret = spiromod.bundle(str(project), str(tmp_path / "o.tar"), files="false", gitcommit="no")
+    assert ret["result"] is True and "files" not in ret and ret["gitcommit"] is None
+    ret = spiromod.bundle(str(project), str(tmp_path / "o.tar"), files="maybe")
+    assert ret["result"] is False and ret["error"].startswith("files must be true or false")
+    fileserver.envs["proj/prod"] = {".spirodeploy.json": json.dumps(
+        {"digest": "d" * 64, "files": []})}
+    assert "manifest" not in spiromod.status("proj", "prod", manifest="false")
+    assert spiromod.status("proj", "prod", manifest="yes")["manifest"]["digest"] == "d" * 64
+    assert spiromod.status("proj", "prod", manifest="maybe")["result"] is False
+
+
+def _fs_bundle_names(output):
+    with tarfile.open(output) as tar:
+        return tar.getnames()
+
+
+def test_bundle_never_includes_the_configured_token_file(project, config, tmp_path,
+                                                         monkeypatch):
+    """spirodeploy.bundle resolved no settings, so include_source=fs took the token
+    file and any minion could read it from the saltenv (issue 11, item 7)."""
+    monkeypatch.delenv("SPIRO_TOKEN_FILE", raising=False)
+    (project / "deploy.token").write_text(TOKEN)
+    config.update({"spirodeploy:token_file": str(project / "deploy.token")})
+    output = tmp_path / "out.tar"
+    (project / "README").write_text("source")
+    ret = spiromod.bundle(str(project), str(output), include_source="fs")
+    assert ret["result"] is True
+    names = _fs_bundle_names(output)
+    assert "_source/README" in names  # the source is there; only the token file is not
+    assert "_source/deploy.token" not in names and TOKEN.encode() not in output.read_bytes()
+
+
+def test_bundle_never_includes_a_token_file_given_as_argument_or_environment(
+        project, tmp_path, monkeypatch):
+    (project / "arg.token").write_text(TOKEN)
+    (project / "env.token").write_text(TOKEN + "x")
+    monkeypatch.setenv("SPIRO_TOKEN_FILE", str(project / "env.token"))
+    output = tmp_path / "out.tar"
+    ret = spiromod.bundle(str(project), str(output), include_source="fs",
+                          token_file=str(project / "arg.token"))
+    assert ret["result"] is True
+    names = _fs_bundle_names(output)
+    assert "_source/arg.token" not in names and "_source/env.token" not in names
+    assert TOKEN.encode() not in output.read_bytes()
+
+
+def test_deploy_with_a_token_argument_still_leaves_out_the_configured_token_file(
+        project, config, fake_server, monkeypatch):
+    """A token argument hides spirodeploy:token_file, but that file still holds a token."""
+    monkeypatch.delenv("SPIRO_TOKEN_FILE", raising=False)
+    other = make_token({"n": "configured"})
+    (project / "deploy.token").write_text(other)
+    config.update({"spirodeploy:server": fake_server.url, "spirodeploy:insecure": True,
+                   "spirodeploy:token_file": str(project / "deploy.token")})
+    ret = spiromod.deploy("proj", "prod", root=str(project), token=TOKEN, include_source="fs")
+    assert ret["result"] is True
+    assert other.encode() not in fake_server.received[0].bundle
+
+
+def test_include_source_no_as_text_adds_no_source(project, tmp_path):
+    (project / "README").write_text("source")
+    output = tmp_path / "out.tar"
+    ret = spiromod.bundle(str(project), str(output), include_source="no")
+    assert ret["result"] is True, ret
+    assert not [n for n in _fs_bundle_names(output) if n.startswith("_source/")]
+    ret = spiromod.bundle(str(project), str(output), include_source="yes")
+    assert ret["result"] is True and "_source/README" in _fs_bundle_names(output)

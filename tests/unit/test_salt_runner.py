@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import salt.runners.config as config_runner
 
 from tests.conftest import make_token
 from tests.fakeserver import highstate_events
-from tests.unit.test_salt_module import load_salt_file
+from tests.unit.test_salt_module import Bus, load_salt_file
 
 spirorunner = load_salt_file("runners", "salt_ext_spirodeploy_runner")
 
@@ -53,8 +54,13 @@ def fired(monkeypatch):
 
 @pytest.fixture
 def configure_loader_modules(master_opts, jid_event):
-    return {spirorunner: {"__opts__": master_opts, "__context__": {},
-                          "__jid_event__": jid_event}}
+    # The runner's __salt__ is the runner loader: Salt's own config runner
+    # (the master's options, sdb:// looked up) and event.send (a Bus here).
+    return {
+        spirorunner: {"__opts__": master_opts, "__context__": {}, "__jid_event__": jid_event,
+                      "__salt__": {"config.get": config_runner.get, "event.send": Bus().send}},
+        config_runner: {"__opts__": master_opts},
+    }
 
 
 def test_deploy_prints_progress_and_returns_retcode(project, fake_server, jid_event, fired):
@@ -132,4 +138,99 @@ def test_progress_outside_a_job_is_logged(monkeypatch):
 def test_virtual(monkeypatch):
     assert spirorunner.__virtual__() == "spirodeploy"
     monkeypatch.setattr(spirorunner, "LIBRARY_ERROR", "nope")
-    assert spirorunner.__virtual__() == (False, "install spiro-deploy: pip install spiro-deploy")
+    assert spirorunner.__virtual__() == (False, 'install spiro-deploy 1.0 or newer: pip install "spiro-deploy>=1.0" (onedir Salt packages: salt-pip install "spiro-deploy>=1.0")')
+
+
+# --- issue 11: names, yes/no arguments, the token file in bundles --------------
+
+@pytest.mark.parametrize("project_name, deployment", [(".", "otherproj"), ("proj", "."),
+                                                      ("proj", ".x"), ("proj", "x.")])
+def test_names_mapped_onto_another_directory_are_refused(project, fake_server, fired,
+                                                         project_name, deployment):
+    ret = spirorunner.deploy(project_name, deployment, root=str(project))
+    assert ret["result"] is False and ret["retcode"] == 2 and "name" in ret["error"]
+    assert fake_server.received == [] and fired == []
+
+
+def test_allow_empty_false_as_text_does_not_empty_the_saltenv(tmp_path, fake_server, fired):
+    (tmp_path / "empty" / "_salt").mkdir(parents=True)
+    ret = spirorunner.deploy("proj", "prod", root=str(tmp_path / "empty"), allow_empty="false")
+    assert ret["result"] is False and ret["retcode"] == 2 and "allow_empty=True" in ret["error"]
+    assert "--allow-empty" not in ret["error"]
+    assert fake_server.received == []
+
+
+def test_highstate_and_fire_events_no_as_text(project, fake_server, fired):
+    ret = spirorunner.deploy("proj", "prod", root=str(project), highstate="no",
+                             fire_events="off")
+    assert ret["highstate"] is False and "highstate" not in fake_server.received[0].fields
+    assert fired == []
+
+
+@pytest.mark.parametrize("argument", ["highstate", "allow_empty", "fire_events", "insecure"])
+def test_a_yes_no_argument_that_cannot_be_read_is_a_clear_error(project, fake_server, fired,
+                                                                argument):
+    ret = spirorunner.deploy("proj", "prod", root=str(project), **{argument: "maybe"})
+    assert ret["result"] is False and ret["retcode"] == 2
+    assert ret["error"].startswith(f"{argument} must be true or false")
+    assert spirorunner.__context__["retcode"] == 2 and fake_server.received == []
+
+
+def test_a_configured_insecure_as_text(project, fake_server, master_opts, fired):
+    master_opts["spirodeploy"]["insecure"] = "yes"
+    assert spirorunner.deploy("proj", "prod", root=str(project))["result"] is True
+    master_opts["spirodeploy"]["insecure"] = "no"
+    ret = spirorunner.deploy("proj", "prod", root=str(project))
+    assert ret["result"] is False and "plain HTTP" in ret["error"]
+
+
+def test_a_token_argument_still_leaves_out_the_configured_token_file(project, fake_server,
+                                                                     master_opts, fired,
+                                                                     monkeypatch):
+    monkeypatch.delenv("SPIRO_TOKEN_FILE", raising=False)
+    configured = make_token({"n": "configured"})
+    (project / "master.token").write_text(configured)
+    del master_opts["spirodeploy"]["token"]
+    master_opts["spirodeploy"]["token_file"] = str(project / "master.token")
+    ret = spirorunner.deploy("proj", "prod", root=str(project), token=TOKEN,
+                             include_source="fs")
+    assert ret["result"] is True
+    assert configured.encode() not in fake_server.received[0].bundle
+
+
+# --- in Salt's terms (issue 13) ----------------------------------------------------
+
+def test_settings_are_read_with_config_get_and_an_sdb_value_is_looked_up(
+        project, fake_server, master_opts, monkeypatch, fired):
+    """spirodeploy:token: sdb://... works as in the execution module (Salt's env sdb driver)."""
+    import salt.config
+
+    sdb_token = make_token({"from": "sdb"})
+    monkeypatch.setenv("SPIRO_TEST_SDB_TOKEN", sdb_token)
+    for key, value in salt.config.DEFAULT_MASTER_OPTS.items():
+        master_opts.setdefault(key, value)  # what the sdb loader needs
+    master_opts["envsdb"] = {"driver": "env"}
+    master_opts["spirodeploy"]["token"] = "sdb://envsdb/SPIRO_TEST_SDB_TOKEN"
+    ret = spirorunner.deploy("proj", "prod", root=str(project))
+    assert ret["retcode"] == 0, ret
+    assert fake_server.received[0].headers["Authorization"] == f"Bearer {sdb_token}"
+    assert sdb_token not in json.dumps(ret)
+
+
+def test_root_is_required_and_may_be_configured(project, fake_server, master_opts, fired):
+    ret = spirorunner.deploy("proj", "prod")
+    assert ret["result"] is False and ret["retcode"] == 2 and fake_server.received == []
+    assert "root=" in ret["error"] and "spirodeploy:root" in ret["error"]
+    assert "--directory" not in ret["error"]
+    relative = spirorunner.deploy("proj", "prod", root="proj")
+    assert relative["result"] is False and "not an absolute path" in relative["error"]
+    master_opts["spirodeploy"]["root"] = str(project)
+    assert spirorunner.deploy("proj", "prod")["result"] is True
+
+
+def test_events_go_through_the_runners_event_send(project, fake_server):
+    """Not through salt.utils.event inside the library: spirodeploy/ never imports Salt."""
+    master_bus = spirorunner.__salt__["event.send"].__self__
+    ret = spirorunner.deploy("proj", "prod", root=str(project))
+    assert ret["result"] is True
+    assert master_bus.tags == [f"spirodeploy/proj/prod/{e['event']}" for e in ret["events"]]

@@ -82,7 +82,7 @@ def test_virtual_without_the_execution_module(monkeypatch):
 
 def test_virtual_without_the_library(monkeypatch):
     monkeypatch.setattr(spirostates, "LIBRARY_ERROR", "nope")
-    assert spirostates.__virtual__() == (False, "install spiro-deploy: pip install spiro-deploy")
+    assert spirostates.__virtual__() == (False, 'install spiro-deploy 1.0 or newer: pip install "spiro-deploy>=1.0" (onedir Salt packages: salt-pip install "spiro-deploy>=1.0")')
 
 
 def test_deploys_then_is_idempotent(project, fake_server, bus):
@@ -218,11 +218,14 @@ def test_no_stop_on_the_master(project, fake_server, opts, monkeypatch):
     fired = []
     monkeypatch.setattr(spirostates.saltsupport, "fire_event",
                         lambda opts, send, tag, data: fired.append(tag))
+    # A real (non-empty) highstate return: an empty one is not a success (issue 11, item 8).
+    ok = {"test_|-a_|-a_|-nop": {"result": True, "changes": {}, "comment": "",
+                                 "__run_num__": 0, "__id__": "a", "name": "a"}}
     fake_server.then(chunks=[
         sse("deploy-bundle", {"msg": "x"}),
         sse("highstate-start", {"msg": "x", "minions": ["build-1"]}),
         sse("highstate-update", {"msg": "x", "minion": "build-1",
-                                 "result": {"ret": {}, "retcode": 0}}),
+                                 "result": {"ret": ok, "retcode": 0}}),
         sse("highstate-finish", {"msg": "x"}),
     ])
     ret = spirostates.deployed("proj/prod", root=str(project))
@@ -234,3 +237,128 @@ def test_record_is_written_after_a_deploy(project, fake_server, opts):
     ret = spirostates.deployed("proj/prod", root=str(project))
     record = spirostate.read_record(spirostate.record_path(opts["cachedir"], "proj", "prod"))
     assert record["sha256"] == ret["changes"]["new"]["sha256"] and record["succeeded"] is True
+
+
+# --- issue 11: names, yes/no arguments, the token file in bundles --------------
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("./otherproj", {}), ("proj/.", {}), ("proj/.staging", {}), ("proj/prod.", {}),
+    ("x", {"project": ".", "deployment": "otherproj"}),
+    ("x", {"project": "proj", "deployment": ".."}),
+])
+def test_names_mapped_onto_another_directory_are_refused(project, fake_server, bus, opts,
+                                                         name, kwargs):
+    ret = spirostates.deployed(name, root=str(project), **kwargs)
+    assert ret["result"] is False and "name" in ret["comment"] and ret["changes"] == {}
+    assert fake_server.received == [] and bus.events == []
+
+
+def test_allow_empty_false_as_text_does_not_empty_the_saltenv(tmp_path, fake_server):
+    (tmp_path / "empty" / "_salt").mkdir(parents=True)
+    ret = spirostates.deployed("proj/prod", root=str(tmp_path / "empty"), allow_empty="false")
+    assert ret["result"] is False and "allow_empty=True" in ret["comment"]
+    assert "--allow-empty" not in ret["comment"]
+    assert uploads(fake_server) == []
+
+
+def test_highstate_no_as_text_does_not_highstate(project, fake_server):
+    fake_server.then(chunks=[sse("deploy-bundle", {"msg": "Deploying bundle"})])
+    ret = spirostates.deployed("proj/prod", root=str(project), highstate="no")
+    assert ret["result"] is True, ret
+    assert "highstate" not in uploads(fake_server)[0].fields
+
+
+@pytest.mark.parametrize("argument", ["highstate", "allow_empty", "insecure"])
+def test_a_yes_no_argument_that_cannot_be_read_fails_the_state(project, fake_server, argument):
+    ret = spirostates.deployed("proj/prod", root=str(project), **{argument: "maybe"})
+    assert ret["result"] is False and ret["changes"] == {}
+    assert ret["comment"].startswith(f"{argument} must be true or false")
+    assert fake_server.received == []
+
+
+def test_test_mode_given_as_text(project, fake_server, opts):
+    opts["test"] = "True"
+    assert spirostates.deployed("proj/prod", root=str(project))["result"] is None
+    opts["test"] = "false"
+    assert spirostates.deployed("proj/prod", root=str(project))["result"] is True
+    assert len(uploads(fake_server)) == 1
+
+
+def test_a_token_argument_still_leaves_out_the_configured_token_file(project, fake_server,
+                                                                     monkeypatch):
+    monkeypatch.delenv("SPIRO_TOKEN_FILE", raising=False)
+    configured = make_token({"n": "configured"})
+    (project / "pillar.token").write_text(configured)
+    config = {"spirodeploy:server": fake_server.url, "spirodeploy:insecure": True,
+              "spirodeploy:token_file": str(project / "pillar.token")}
+    monkeypatch.setitem(spirostates.__salt__, "config.get",
+                        lambda key, default="": config.get(key, default))
+    ret = spirostates.deployed("proj/prod", root=str(project), token=TOKEN, include_source="fs")
+    assert ret["result"] is True, ret
+    assert configured.encode() not in uploads(fake_server)[0].bundle
+
+
+# --- issue 13: watch, one flow, the bus from the master ------------------------------
+
+def test_mod_watch_deploys_again_when_the_content_is_unchanged(project, fake_server, opts):
+    assert spirostates.deployed("proj/prod", root=str(project))["result"] is True
+    unchanged = spirostates.deployed("proj/prod", root=str(project))
+    assert unchanged["changes"] == {} and len(uploads(fake_server)) == 1
+    # Salt calls mod_watch with the whole low chunk when a watched state changed.
+    low = {"__id__": "deploy", "__sls__": "orch", "__env__": "base", "state": "spirodeploy",
+           "fun": "mod_watch", "watch": [{"git": "/srv/x"}], "__reqs__": {}, "order": 10001}
+    opts["test"] = True
+    planned = spirostates.mod_watch("proj/prod", sfun="deployed", root=str(project), **low)
+    assert planned["result"] is None and len(uploads(fake_server)) == 1
+    assert "Would deploy proj/prod: a watched state changed" in planned["comment"]
+    opts["test"] = False
+    again = spirostates.mod_watch("proj/prod", sfun="deployed", root=str(project), **low)
+    assert again["result"] is True, again
+    assert len(uploads(fake_server)) == 2
+    assert again["comment"].startswith("Deployed proj/prod (a watched state changed")
+    assert again["changes"]["old"]["digest"] == again["changes"]["new"]["digest"]
+    # Outside mod_watch, unchanged content is still left alone.
+    assert spirostates.deployed("proj/prod", root=str(project))["changes"] == {}
+    assert len(uploads(fake_server)) == 2
+
+
+def test_mod_watch_only_for_deployed():
+    ret = spirostates.mod_watch("proj/prod", sfun="absent")
+    assert ret["result"] is False and "does not support watch" in ret["comment"]
+
+
+def test_the_bundles_warnings_are_in_the_comment(project, fake_server, opts):
+    (project / "_salt" / "top.sls").unlink()
+    opts["test"] = True
+    planned = spirostates.deployed("proj/prod", root=str(project))
+    assert "Warnings: no top.sls or spirotop.sls in _salt" in planned["comment"]
+    opts["test"] = False
+    ret = spirostates.deployed("proj/prod", root=str(project))
+    assert ret["result"] is True and len(uploads(fake_server)) == 1
+    assert "Warnings: no top.sls or spirotop.sls in _salt" in ret["comment"]
+
+
+def test_on_the_master_the_state_fires_on_the_masters_bus(project, fake_server, opts,
+                                                          monkeypatch):
+    """The state builds the sender (salt.utils.event); the library only calls it."""
+    import contextlib
+
+    import salt.utils.event
+
+    fired = []
+
+    class MasterBus:
+        def fire_event(self, data, tag):
+            fired.append(tag)
+            return True
+
+    @contextlib.contextmanager
+    def get_master_event(opts_, sock_dir, listen=True):
+        assert sock_dir == opts_["sock_dir"] and listen is False
+        yield MasterBus()
+
+    monkeypatch.setattr(salt.utils.event, "get_master_event", get_master_event)
+    opts.update({"__role": "master", "sock_dir": "/run/salt/master"})
+    ret = spirostates.deployed("proj/prod", root=str(project))
+    assert ret["result"] is True, ret
+    assert fired and fired[-1] == "spirodeploy/proj/prod/highstate-finish"

@@ -193,7 +193,9 @@ def test_bus_event_reduces_a_highstate_result_to_a_summary():
     assert summary["counts"] == {"ok": 1, "changed": 100, "failed": 1}
     assert summary["failed"] == [{"id": "broken", "function": "test.f1", "name": "broken",
                                   "comment": "It failed\nsecond line"}]
-    assert len(summary["changed"]) == saltsupport.MAX_ITEMS and summary["truncated"] is True
+    # Bounded like the report's summary (issue 14): the first few, then "truncated".
+    assert [c["id"] for c in summary["changed"]] == ["s0", "s1", "s2", "s3", "s4"]
+    assert summary["truncated"] is True
     assert "_|-" not in json.dumps(summary)
     assert len(json.dumps(data)) < saltsupport.MAX_EVENT_BYTES
 
@@ -313,7 +315,7 @@ def test_check_token_says_what_the_token_allows(fake_server):
 
 def manifest(*files, digest=None):
     entries = [{"path": path, "size": 1, "sha256": sha, "mode": 420} for path, sha in files]
-    from spirodeploy.manifest import make_manifest
+    from tests.support import make_manifest
 
     made = make_manifest(entries, tool="test")
     if digest:
@@ -471,3 +473,34 @@ def test_saltloader_does_not_import_salt():
 def test_include_source_reads_yes_no_too(value, expected):
     """include_source: "false" from pillar is no source, not an unknown method."""
     assert saltsupport.to_source(value) == expected
+
+
+# --- issue 13: the library never fires on Salt's bus itself; status logic ---------------
+
+def test_fire_event_on_the_master_goes_through_the_given_sender():
+    sent = []
+    opts = {"__role": "master", "sock_dir": "/nonexistent", "file_client": "local"}
+    assert saltsupport.fire_event(opts, lambda tag, data: sent.append(tag) or True,
+                                  "t", {}) is True
+    assert sent == ["t"]
+    assert saltsupport.fire_event(opts, None, "t", {}) is False
+
+
+def test_what_is_served_from_the_manifest_the_gitcommit_or_nothing():
+    made = manifest(("a.sls", "1" * 64))
+    files = {spirostate.MANIFEST_NAME: json.dumps(made), "a.sls": "x"}
+    served = spirostate.what_is_served("p", "d", sorted(files), files.get, manifest=True)
+    assert served["visible"] is True and served["source"] == "manifest"
+    assert served["digest"] == made["digest"] and served["file_count"] == 1
+    assert served["manifest"] == made and "serves a bundle of 1 files" in served["comment"]
+    old = {".gitcommit": "abc\nheads/main\n", "a.sls": "x"}
+    served = spirostate.what_is_served("p", "d", sorted(old), old.get)
+    assert served["source"] == "gitcommit" and served["gitcommit"] == "abc\nheads/main"
+    assert served["file_count"] == 2 and "manifest" not in served
+    hidden = spirostate.what_is_served("p", "d", [], {}.get, manifest=True)
+    assert hidden["visible"] is False and hidden["source"] is None and "manifest" not in hidden
+    assert "not visible from this minion" in hidden["comment"]
+    assert spirostate.record_summary(None) is None
+    assert spirostate.record_summary({"digest": "d", "sha256": "s", "succeeded": True,
+                                      "time": 1, "manifest": made}) == {
+        "digest": "d", "sha256": "s", "succeeded": True, "time": 1}

@@ -22,7 +22,7 @@ from spirodeploy import tokens
 from spirodeploy.checks import check_token_scope, token_caveats
 from spirodeploy.errors import ExitCode, TokenExpired, TokenNotAllowed, UsageError
 from spirodeploy.token_cli import main
-from tests.conftest import REPO, make_token
+from tests.support import REPO, make_token
 from tests.unit.test_salt_module import load_salt_file
 
 KEY = "server-secret-key"
@@ -155,7 +155,7 @@ def test_what_is_not_a_macaroon_is_refused(token):
         assert token not in info.value.message
 
 
-# --- folding caveats: the bug of issue 12 ----------------------------------------
+# --- folding caveats: a later caveat never widens an earlier one ------------------
 
 def test_a_later_wider_project_allow_does_not_widen_the_token():
     token = real_token({"project_allow": ["a"]}, {"project_allow": ["a", "b"]})
@@ -546,3 +546,21 @@ def test_inspect_of_a_hostile_token_prints_no_control_sequences(monkeypatch, cap
     out, err = capsys.readouterr()
     assert "\x1b" not in out + err and "\x07" not in out + err
     assert "\\x1b" in out
+
+
+def test_bundle_deploy_warns_when_it_cannot_judge_the_token(project, fake_server, monkeypatch,
+                                                            capsys, tmp_path):
+    import tarfile
+
+    from spirodeploy.cli import main as deploy_main
+
+    bundle = tmp_path / "b.tar"
+    with tarfile.open(bundle, "w") as tar:
+        tar.add(project / "_salt", arcname=".")
+    monkeypatch.setenv("SPIRO_URL", fake_server.url)
+    monkeypatch.setenv("SPIRO_TOKEN", make_token([{"not_before": 1}, {"ip": "10.0.0.1"}]))
+    monkeypatch.delenv("SPIRO_TOKEN_FILE", raising=False)
+    code = deploy_main(["proj", "prod", "--insecure", "--bundle", str(bundle)])
+    _, err = capsys.readouterr()
+    assert code == ExitCode.OK, err
+    assert "cannot judge the token" in err
