@@ -1,7 +1,7 @@
 """Checks made before any byte of a bundle is sent.
 
 SpiroFS 0.3 does not check names and deploys even after answering 403
-(../shared/notes/spirofs-server.md), so the client is the last line of
+(README, "Server-side caveats"), so the client is the last line of
 defence: a bad name or a token that cannot deploy this project must stop
 the upload here.
 """

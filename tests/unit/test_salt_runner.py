@@ -5,6 +5,7 @@ master configuration), ``__context__`` and ``__jid_event__`` supplied by
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import salt.runners.config as config_runner
@@ -130,9 +131,12 @@ def test_check_token_rejected(fake_server):
     assert spirorunner.__context__["retcode"] == 5
 
 
-def test_progress_outside_a_job_is_logged(monkeypatch):
+def test_progress_outside_a_job_is_logged(monkeypatch, caplog):
     monkeypatch.delattr(spirorunner, "__jid_event__", raising=False)
-    spirorunner._progress("hello")  # no __jid_event__: must not raise
+    with caplog.at_level(logging.INFO, logger=spirorunner.log.name):
+        spirorunner._progress("hello")
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        (spirorunner.log.name, logging.INFO, "hello")]
 
 
 def test_virtual(monkeypatch):
@@ -141,7 +145,7 @@ def test_virtual(monkeypatch):
     assert spirorunner.__virtual__() == (False, 'install spiro-deploy 1.0 or newer: pip install "spiro-deploy>=1.0" (onedir Salt packages: salt-pip install "spiro-deploy>=1.0")')
 
 
-# --- issue 11: names, yes/no arguments, the token file in bundles --------------
+# --- names, yes/no arguments, the token file in bundles --------------
 
 @pytest.mark.parametrize("project_name, deployment", [(".", "otherproj"), ("proj", "."),
                                                       ("proj", ".x"), ("proj", "x.")])
