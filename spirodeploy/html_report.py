@@ -40,8 +40,10 @@ PAGE_SIZE = 100
 _CSS = """
 :root { --ok: #1a7f37; --bad: #cf222e; --warn: #9a6700; --muted: #57606a; --line: #d0d7de; }
 * { box-sizing: border-box; }
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1f2328; background: #f6f8fa; }
-header, section { background: #fff; margin: 12px 16px; padding: 12px 16px; border: 1px solid var(--line); border-radius: 6px; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1f2328;
+       background: #f6f8fa; }
+header, section { background: #fff; margin: 12px 16px; padding: 12px 16px; border: 1px solid var(--line);
+                  border-radius: 6px; }
 h1 { font-size: 20px; margin: 0 0 6px; } h2 { font-size: 16px; margin: 0 0 10px; }
 code, pre, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12.5px; }
 pre { white-space: pre-wrap; overflow-wrap: anywhere; margin: 4px 0; }
@@ -62,7 +64,8 @@ table.facts td { overflow-wrap: anywhere; }
 #minion-table tbody tr { cursor: pointer; }
 #minion-table tbody tr:hover { background: #f3f4f6; }
 tr.row-failed, tr.row-error, tr.row-no-response, tr.row-unreported { background: #fff5f5; }
-.badge { display: inline-block; padding: 0 8px; border-radius: 10px; font-size: 12px; font-weight: 600; color: #fff; }
+.badge { display: inline-block; padding: 0 8px; border-radius: 10px; font-size: 12px; font-weight: 600;
+         color: #fff; }
 .badge.ok { background: var(--ok); } .badge.failed, .badge.error { background: var(--bad); }
 .badge.no-response, .badge.unreported { background: var(--warn); }
 .controls { display: flex; gap: 8px; align-items: center; margin-bottom: 8px; flex-wrap: wrap; }
@@ -79,9 +82,11 @@ tr.row-failed, tr.row-error, tr.row-no-response, tr.row-unreported { background:
 .tl-row { display: flex; align-items: center; gap: 8px; height: 18px; }
 .tl-name { width: 220px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; font-size: 12px; }
 .tl-track { position: relative; flex: 1; height: 10px; border-bottom: 1px dotted var(--line); }
-.tl-dot { position: absolute; top: 0; width: 10px; height: 10px; border-radius: 5px; margin-left: -5px; }
+.tl-dot { position: absolute; top: 0; width: 10px; height: 10px; border-radius: 5px;
+          margin-left: -5px; }
 .tl-dot.ok { background: var(--ok); } .tl-dot.bad { background: var(--bad); }
-.histogram { display: flex; align-items: flex-end; height: 120px; gap: 1px; border-bottom: 1px solid var(--line); }
+.histogram { display: flex; align-items: flex-end; height: 120px; gap: 1px;
+             border-bottom: 1px solid var(--line); }
 .bin { flex: 1; display: flex; flex-direction: column-reverse; height: 100%; }
 .bin .ok { background: var(--ok); } .bin .bad { background: var(--bad); }
 .axis { display: flex; justify-content: space-between; font-size: 12px; color: var(--muted); }
@@ -178,8 +183,12 @@ _JS = r"""
       renderTable();
     });
   });
-  $("filter").addEventListener("input", function (e) { state.filter = e.target.value; state.page = 0; renderTable(); });
-  $("status").addEventListener("change", function (e) { state.status = e.target.value; state.page = 0; renderTable(); });
+  $("filter").addEventListener("input", function (e) {
+    state.filter = e.target.value; state.page = 0; renderTable();
+  });
+  $("status").addEventListener("change", function (e) {
+    state.status = e.target.value; state.page = 0; renderTable();
+  });
   $("prev").addEventListener("click", function () { state.page -= 1; renderTable(); });
   $("next").addEventListener("click", function () { state.page += 1; renderTable(); });
 

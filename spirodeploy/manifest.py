@@ -18,35 +18,35 @@ bytes: the sha256 of, for each entry in path order, the UTF-8 bytes of
 ``"<path>\\0<sha256 hex>\\0<mode in octal>\\n"``.  Two bundles with the same
 digest deploy the same saltenv.
 
-The document is serialised with ``sort_keys=True`` and compact separators, so
-the same content always gives the same bytes.
+The document is serialised as ``json.dumps(manifest, sort_keys=True,
+separators=(",", ":"))`` plus a newline, so the same content always gives the
+same bytes.  The builder writes it in slices (:func:`manifest_parts`,
+:func:`manifest_chunks`) rather than through :mod:`json`, and makes the dict
+only when asked (:class:`Contents`): for tens of thousands of files the
+per-file dicts cost more than the tar does.
 
-This module is deliberately small and dependency-free: the Salt modules use
-:func:`read_manifest` and :func:`diff_manifests` to tell whether a deploy
-would change anything.
+Reading it back: :func:`read_manifest` (from a bundle file: the history reads
+its stored bundles with it) and :func:`diff_manifests` (what a deploy would
+change, for the Salt state).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from typing import Any, BinaryIO, Callable, Iterable, Mapping, Sequence, Tuple, Union
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, BinaryIO
 
 from .errors import BundleError
 
 __all__ = [
     "MANIFEST_NAME",
     "MANIFEST_FORMAT",
-    "content_digest",
-    "make_manifest",
-    "build_manifest",
     "manifest_parts",
     "manifest_chunks",
     "manifest_dict",
     "count_by_top",
     "Contents",
-    "dump_manifest",
     "read_manifest",
     "diff_manifests",
 ]
@@ -60,29 +60,7 @@ MANIFEST_FORMAT = 1
 _MAX_MANIFEST_BYTES = 512 * 1024 * 1024
 
 
-def content_digest(files: Iterable[Mapping[str, Any]]) -> str:
-    """Return the content digest over ``files`` (already sorted by path)."""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(("%s\0%s\0%o\n" % (f["path"], f["sha256"], f["mode"])).encode("utf-8"))
-    return h.hexdigest()
-
-
-def make_manifest(files: Sequence[Mapping[str, Any]], *, gitcommit: str | None = None,
-                  tool: str | None = None) -> dict:
-    """Build the manifest dict for ``files`` (dicts with path, size, sha256, mode)."""
-    files = sorted(files, key=lambda f: f["path"])
-    return {
-        "format": MANIFEST_FORMAT,
-        "tool": _tool(tool),
-        "gitcommit": gitcommit,
-        "digest": content_digest(files),
-        "files": [dict(path=f["path"], size=f["size"], sha256=f["sha256"], mode=f["mode"])
-                  for f in files],
-    }
-
-
-def manifest_parts(records: Sequence[Tuple[str, int, str, int]],
+def manifest_parts(records: Sequence[tuple[str, int, str, int]],
                    lines: Callable[[bytes], Any]) -> list[bytes]:
     """Format ``(path, size, sha256, mode)`` records for the manifest, in slices.
 
@@ -99,9 +77,9 @@ def manifest_parts(records: Sequence[Tuple[str, int, str, int]],
     step = 4096
     for i in range(0, len(records), step):
         part = records[i:i + step]
-        lines("".join(["%s\0%s\0%o\n" % (p, d, m) for p, _s, d, m in part]).encode("utf-8"))
-        body.append(",".join(['{"mode":%d,"path":%s,"sha256":"%s","size":%d}'
-                              % (m, enc(p), d, s) for p, s, d, m in part]).encode("ascii"))
+        lines("".join([f"{p}\0{d}\0{m:o}\n" for p, _s, d, m in part]).encode("utf-8"))
+        body.append(",".join([f'{{"mode":{m},"path":{enc(p)},"sha256":"{d}","size":{s}}}'
+                              for p, s, d, m in part]).encode("ascii"))
     return body
 
 
@@ -112,23 +90,24 @@ def manifest_chunks(digest: str, body: Iterable[Any], *, gitcommit: str | None =
     ``digest``: the content digest (sha256 of every segment's ``lines``, in
     order); ``body``: the JSON file objects (from :func:`manifest_parts`, or
     any bytes-like pieces of them, each a whole number of objects).  Joined,
-    the chunks are exactly :func:`dump_manifest` of :func:`manifest_dict`.
+    the chunks are exactly the stable serialisation (module docstring) of
+    :func:`manifest_dict`.
     """
     from json.encoder import encode_basestring_ascii as enc
 
-    chunks: list = [('{"digest":"%s","files":[' % digest).encode("ascii")]
+    chunks: list = [f'{{"digest":"{digest}","files":['.encode("ascii")]
     for piece in body:
         if len(piece):
             if len(chunks) > 1:
                 chunks.append(b",")
             chunks.append(piece)
-    chunks.append(('],"format":%d,"gitcommit":%s,"tool":%s}\n' % (
-        MANIFEST_FORMAT, "null" if gitcommit is None else enc(gitcommit),
-        enc(_tool(tool)))).encode("ascii"))
+    commit = "null" if gitcommit is None else enc(gitcommit)
+    chunks.append(f'],"format":{MANIFEST_FORMAT},"gitcommit":{commit},"tool":{enc(_tool(tool))}}}\n'
+                  .encode("ascii"))
     return chunks
 
 
-def manifest_dict(records: Iterable[Tuple[str, int, str, int]], *, digest: str,
+def manifest_dict(records: Iterable[tuple[str, int, str, int]], *, digest: str,
                   gitcommit: str | None = None, tool: str | None = None) -> dict:
     """The manifest dict for ``(path, size, sha256, mode)`` records sorted by path."""
     files = [{"path": p, "size": s, "sha256": d, "mode": m} for p, s, d, m in records]
@@ -136,24 +115,10 @@ def manifest_dict(records: Iterable[Tuple[str, int, str, int]], *, digest: str,
             "digest": digest, "files": files}
 
 
-def build_manifest(records: Sequence[Tuple[str, int, str, int]], *,
-                   gitcommit: str | None = None, tool: str | None = None) -> Tuple[dict, bytes]:
-    """Build a manifest from ``(path, size, sha256, mode)`` records sorted by path.
-
-    Returns ``(manifest dict, its serialised bytes)``; the bytes are exactly
-    :func:`dump_manifest` of the dict, produced faster for large trees.
-    """
-    content = hashlib.sha256()
-    body = manifest_parts(records, content.update)
-    digest = content.hexdigest()
-    data = b"".join(manifest_chunks(digest, body, gitcommit=gitcommit, tool=tool))
-    return manifest_dict(records, digest=digest, gitcommit=gitcommit, tool=tool), data
-
-
 def _tool(tool: str | None) -> str:
     if tool is None:
         from . import __version__
-        tool = "spiro-deploy %s" % __version__
+        tool = f"spiro-deploy {__version__}"
     return tool
 
 
@@ -197,7 +162,7 @@ class Contents:
     """
 
     def __init__(self, segments: Sequence[Any], *, digest: str, gitcommit: str | None,
-                 tool: str | None = None, summaries: Sequence[Tuple[int, bool, dict]] = ()):
+                 tool: str | None = None, summaries: Sequence[tuple[int, bool, dict]] = ()):
         self._segments = list(segments)
         self.digest = digest
         self.gitcommit = gitcommit
@@ -213,7 +178,7 @@ class Contents:
         self._manifest: dict | None = None
 
     @staticmethod
-    def summarise(records: Sequence[Tuple[str, int, str, int]]) -> Tuple[int, bool, dict]:
+    def summarise(records: Sequence[tuple[str, int, str, int]]) -> tuple[int, bool, dict]:
         """``(count, has_top, top_counts)`` of one segment, for ``summaries``."""
         from bisect import bisect_left
 
@@ -239,12 +204,7 @@ class Contents:
         return self._manifest
 
 
-def dump_manifest(manifest: Mapping[str, Any]) -> bytes:
-    """Serialise a manifest the one stable way (what goes into the bundle)."""
-    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode("ascii") + b"\n"
-
-
-def read_manifest(bundle: Union[str, "os.PathLike[str]", BinaryIO]) -> dict | None:
+def read_manifest(bundle: str | os.PathLike[str] | BinaryIO) -> dict | None:
     """Return the manifest dict stored in a bundle, or ``None`` if it has none.
 
     ``bundle`` is a path or a binary file object (plain or compressed tar).  A
@@ -280,16 +240,14 @@ def read_manifest(bundle: Union[str, "os.PathLike[str]", BinaryIO]) -> dict | No
                     if name != MANIFEST_NAME or not member.isfile():
                         continue
                     if member.size > _MAX_MANIFEST_BYTES:
-                        raise BundleError("%s in the bundle is too large to be a manifest"
-                                          % MANIFEST_NAME)
+                        raise BundleError(f"{MANIFEST_NAME} in the bundle is too large to be a manifest")
                     data = tf.extractfile(member).read()
                     try:
                         found = json.loads(data.decode("utf-8"))
                     except ValueError as e:
-                        raise BundleError("%s in the bundle is not valid JSON: %s"
-                                          % (MANIFEST_NAME, e)) from None
+                        raise BundleError(f"{MANIFEST_NAME} in the bundle is not valid JSON: {e}") from None
                     if not isinstance(found, dict):
-                        raise BundleError("%s in the bundle is not a JSON object" % MANIFEST_NAME)
+                        raise BundleError(f"{MANIFEST_NAME} in the bundle is not a JSON object")
         except BundleError:
             raise
         except Exception as e:  # TarError and the decompressors' errors
@@ -319,3 +277,18 @@ def diff_manifests(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None)
         "removed": sorted(set(a) - set(b)),
         "modified": sorted(p for p in set(a) & set(b) if a[p] != b[p]),
     }
+
+
+# TEMPORARY, for the lead to delete with the two imports it serves: the
+# test-only helpers moved to tests/support.py; tests/unit/test_builder.py
+# (line 29) and tests/unit/test_salt_support.py (``manifest()``) still import
+# them from here while their owners edit those files.
+_MOVED_TO_TESTS = {"content_digest", "make_manifest", "build_manifest", "dump_manifest"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_TESTS:
+        import tests.support
+
+        return getattr(tests.support, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

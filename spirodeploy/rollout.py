@@ -5,7 +5,7 @@ deploys with the highstate off and then highstates the minions itself, a
 batch at a time, stopping at the first batch with a failure.  This module
 is the plain-Python part (no Salt): it reads the options, works out the
 plan, folds each batch's returns into per-minion outcomes and decides when
-to stop.  The Salt side (``_runners/spirodeploy.py``) feeds it: the
+to stop.  The Salt side (the ``spirodeploy`` runner) feeds it: the
 ``state.show_top`` returns, and a ``run_batch`` callable that highstates
 one batch through Salt's batch machinery and yields the returns.
 

@@ -172,8 +172,8 @@ class _Tee(io.RawIOBase):
             except OSError as e:  # a full disk: say so, not "not a valid tar"
                 import tempfile
 
-                raise BundleError("cannot write the checked copy of the bundle in %s: %s"
-                                  % (tempfile.gettempdir(), e.strerror or e)) from None
+                raise BundleError(f"cannot write the checked copy of the bundle in "
+                                  f"{tempfile.gettempdir()}: {e.strerror or e}") from None
         return data
 
 
@@ -226,7 +226,7 @@ def _kind(m: tarfile.TarInfo) -> str:
         return "a device file"
     if m.isfifo():
         return "a fifo"
-    return "an unsupported member type (%r)" % m.type.decode("ascii", "replace")
+    return f"an unsupported member type ({m.type.decode('ascii', 'replace')!r})"
 
 
 def _symlink_above(links: dict, name: str) -> str | None:
@@ -243,10 +243,10 @@ def _check_symlink(links: dict, name: str, target: str, shown: str) -> None:
     try:
         resolve_in_archive(links, name.split("/")[:-1] + target.split("/"))
     except PathEscapes:
-        raise BundleError("bundle member %s is a symlink that points outside the bundle "
-                          "(%r)" % (shown, target)) from None
+        raise BundleError(f"bundle member {shown} is a symlink that points outside the bundle "
+                          f"({target!r})") from None
     except LinkLoop:
-        raise BundleError("bundle member %s is part of a symlink loop" % shown) from None
+        raise BundleError(f"bundle member {shown} is part of a symlink loop") from None
 
 
 class _Members:
@@ -265,20 +265,19 @@ class _Members:
         raw_name = m.name
         shown = repr(raw_name)
         if not raw_name or raw_name.startswith(("/", "\\")):
-            raise BundleError("bundle member %s has an absolute or empty name" % shown)
+            raise BundleError(f"bundle member {shown} has an absolute or empty name")
         name = _norm(raw_name)
         if ".." in name.split("/"):
-            raise BundleError("bundle member %s has a '..' component" % shown)
+            raise BundleError(f"bundle member {shown} has a '..' component")
         if not name and not m.isdir():
-            raise BundleError("bundle member %s names the bundle's root and is not a "
-                              "directory" % shown)
+            raise BundleError(f"bundle member {shown} names the bundle's root and is not a "
+                              "directory")
         if name in self.kinds:
-            raise BundleError("bundle member %s appears twice in the bundle; the server would "
-                              "extract both, the later over the earlier" % shown)
+            raise BundleError(f"bundle member {shown} appears twice in the bundle; the server would "
+                              "extract both, the later over the earlier")
         above = _symlink_above(self.links, name)
         if above is not None:
-            raise BundleError("bundle member %s is stored inside %r, which is a symlink"
-                              % (shown, above))
+            raise BundleError(f"bundle member {shown} is stored inside {above!r}, which is a symlink")
         if m.isfile():
             kind = "file"
             self.file_count += 1
@@ -291,16 +290,16 @@ class _Members:
             kind = "sym"
             target = m.linkname
             if not target or target.startswith("/"):
-                raise BundleError("bundle member %s is a symlink to an absolute path "
-                                  "(%r)" % (shown, target))
+                raise BundleError(f"bundle member {shown} is a symlink to an absolute path "
+                                  f"({target!r})")
             self.links[name] = target
             _check_symlink(self.links, name, target, shown)
         elif m.islnk():
             kind = "lnk"
             self._check_hardlink(m, shown)
         else:
-            raise BundleError("bundle member %s is %s; only files, directories and "
-                              "links are allowed" % (shown, _kind(m)))
+            raise BundleError(f"bundle member {shown} is {_kind(m)}; only files, directories and "
+                              "links are allowed")
         self.kinds[name] = kind
         parent = name.rpartition("/")[0]
         if parent and parent not in self.parents:
@@ -314,23 +313,20 @@ class _Members:
         raw = m.linkname
         target = _norm(raw)
         if not target or raw.startswith("/"):
-            raise BundleError("bundle member %s is a hard link to an absolute path (%r)"
-                              % (shown, raw))
+            raise BundleError(f"bundle member {shown} is a hard link to an absolute path ({raw!r})")
         if ".." in target.split("/"):
-            raise BundleError("bundle member %s is a hard link whose target %r has a '..' "
-                              "component" % (shown, raw))
+            raise BundleError(f"bundle member {shown} is a hard link whose target {raw!r} has a '..' "
+                              "component")
         kind = self.kinds.get(target)
         if kind in ("file", "lnk"):
             return
         if kind == "sym":
-            raise BundleError("bundle member %s is a hard link to %r, which is a symlink"
-                              % (shown, raw))
+            raise BundleError(f"bundle member {shown} is a hard link to {raw!r}, which is a symlink")
         above = _symlink_above(self.links, target)
         if above is not None:
-            raise BundleError("bundle member %s is a hard link through %r, which is a symlink"
-                              % (shown, above))
-        raise BundleError("bundle member %s is a hard link to %r, which is not a file "
-                          "earlier in the bundle" % (shown, raw))
+            raise BundleError(f"bundle member {shown} is a hard link through {above!r}, which is a symlink")
+        raise BundleError(f"bundle member {shown} is a hard link to {raw!r}, which is not a file "
+                          "earlier in the bundle")
 
     def finish(self) -> None:
         """The checks that need every member: a later symlink can change where an
@@ -345,8 +341,8 @@ class _Members:
                 while p and p not in seen:
                     seen.add(p)
                     if p in links:
-                        raise BundleError("bundle member %s is stored inside %r, which is a "
-                                          "symlink" % (shown, p))
+                        raise BundleError(f"bundle member {shown} is stored inside {p!r}, which is a "
+                                          "symlink")
                     p = p.rpartition("/")[0]
 
 
@@ -360,10 +356,8 @@ def _sniff(reader) -> tuple[str | None, io.RawIOBase]:
             break
         head += data
     raw = _Prefixed(head, reader)
-    for magic, kind in _MAGIC:
-        if head.startswith(magic):
-            break
-    else:
+    kind = next((kind for magic, kind in _MAGIC if head.startswith(magic)), None)
+    if kind is None:
         return None, raw
     if kind == "zstd":
         raise BundleError("bundle is zstd-compressed, which spiro-deploy cannot check; "
@@ -457,8 +451,8 @@ def _server_decompresses(fh) -> str | None:
 def _refuse_polyglot(fh) -> None:
     how = _server_decompresses(fh)
     if how is not None:
-        raise BundleError("bundle would be read by the server as %s data, not as the tar that "
-                          "was checked" % how)
+        raise BundleError(f"bundle would be read by the server as {how} data, not as the tar that "
+                          "was checked")
 
 
 def check_tarball(fileobj: BinaryIO | str | os.PathLike[str]) -> TarSummary:
@@ -474,8 +468,7 @@ def check_tarball(fileobj: BinaryIO | str | os.PathLike[str]) -> TarSummary:
         try:
             fh = open(fileobj, "rb")
         except OSError as e:
-            raise BundleError("cannot read bundle %s: %s" % (os.fsdecode(fileobj),
-                                                             e.strerror or e)) from None
+            raise BundleError(f"cannot read bundle {os.fsdecode(fileobj)}: {e.strerror or e}") from None
         with fh:
             return check_tarball(fh)
 
@@ -548,23 +541,22 @@ def checked_copy(source: BinaryIO | str | os.PathLike[str]) -> CheckedCopy:
         try:
             fh = open(source, "rb")
         except OSError as e:
-            raise BundleError("cannot read bundle %s: %s" % (os.fsdecode(source),
-                                                             e.strerror or e)) from None
+            raise BundleError(f"cannot read bundle {os.fsdecode(source)}: {e.strerror or e}") from None
         with fh:
             return checked_copy(fh)
 
     try:
         copy = tempfile.TemporaryFile(prefix="spirodeploy-checked-")
     except OSError as e:
-        raise BundleError("cannot make a temporary file for the checked bundle in %s: %s"
-                          % (tempfile.gettempdir(), e.strerror or e)) from None
+        raise BundleError(f"cannot make a temporary file for the checked bundle in "
+                          f"{tempfile.gettempdir()}: {e.strerror or e}") from None
     try:
         try:
             members, _, plain, manifest, compression, end = _scan(source, copy, hashing=False)
             _keep_end(copy, plain, end)
         except OSError as e:  # writing the copy: a full disk
-            raise BundleError("cannot write the checked copy of the bundle in %s: %s"
-                              % (tempfile.gettempdir(), e.strerror or e)) from None
+            raise BundleError(f"cannot write the checked copy of the bundle in "
+                              f"{tempfile.gettempdir()}: {e.strerror or e}") from None
         _refuse_polyglot(copy)
         copy.seek(0)
         sha, size = hashlib.sha256(), 0

@@ -1,18 +1,20 @@
-"""Shared fixtures: the fake server for fault injection, tokens, projects."""
+"""Shared fixtures: the fake server for fault injection, tokens, projects.
+
+Plain helpers (no fixtures) are in :mod:`tests.support`.
+"""
 
 from __future__ import annotations
 
-import base64
-import json
 import os
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.fakeserver import FakeSpiroServer
 
-REPO = Path(__file__).resolve().parent.parent
+# REPO and make_token are also re-exported for the test modules that still
+# import them from here; new code imports them from tests.support.
+from tests.support import REPO, make_token  # noqa: F401
 
 # In CI a skipped test is a test that did not run: fail the run instead of
 # counting it as passed (a platform guard that fires there means CI lacks
@@ -46,26 +48,6 @@ def fake_server():
     """A scriptable SpiroFS stand-in on plain HTTP (clients need insecure mode)."""
     with FakeSpiroServer() as server:
         yield server
-
-
-def make_token(caveats: dict | list | None = None) -> str:
-    """A token shaped like SpiroFS's (pymacaroons v1) with the given caveat.
-
-    ``caveats`` is one caveat (a dict) or a list of them, each a dict
-    (written as JSON) or a str (written as it is).  The fake server does not
-    verify signatures; the client only reads caveats.
-    """
-    caveats = {"not_before": time.time() - 10} if caveats is None else caveats
-
-    def packet(key: str, value: str) -> bytes:
-        body = f"{key} {value}\n".encode()
-        return b"%04x" % (len(body) + 4) + body
-
-    cids = b"".join(packet("cid", c if isinstance(c, str) else json.dumps(c))
-                    for c in (caveats if isinstance(caveats, list) else [caveats]))
-    raw = (packet("location", "") + packet("identifier", "test-ident")
-           + cids + packet("signature", "0" * 32))
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 @pytest.fixture

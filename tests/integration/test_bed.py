@@ -11,13 +11,15 @@ import io
 import json
 import tarfile
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import psutil
 import pytest
 import requests
+
+from tests.support import names
 
 HIGHSTATE_EVENTS = [
     "deploy-bundle", "highstate-calc", "highstate-start", "highstate-update", "highstate-finish",
@@ -87,10 +89,6 @@ def deploy(
                 f"{REQUEST_TIMEOUT[1]}s after {names(events)}: {exc}"
             ) from None
         return 200, events
-
-
-def names(events: list[tuple[str, dict]]) -> list[str]:
-    return [name for name, _ in events]
 
 
 def assert_clean_run(events: list[tuple[str, dict]], highstate: bool) -> None:
@@ -287,7 +285,7 @@ def test_repeated_and_concurrent_deploys_never_hang(spiro_bed, bundle):
             # in the server's directory swap (a separate server bug).
             plan = [(slot, (slot + round_) % 3 != 0) for slot in range(3)]
             results = list(pool.map(lambda p: one(*p), plan))
-            for (_, highstate), got in zip(plan, results):
+            for (_, highstate), got in zip(plan, results, strict=True):
                 assert got == (HIGHSTATE_EVENTS if highstate else ["deploy-bundle"]), (round_, got)
 
 

@@ -14,15 +14,24 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.support import (
+    MANIFEST,
+    SALT_FILES,
+    assert_single_line_error,
+    describe,
+    events_and_report,
+    json_lines,
+    names,
+    run_cli,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -31,49 +40,11 @@ HIGHSTATE_EVENTS = [
     "deploy-bundle", "highstate-calc", "highstate-start", "highstate-update", "highstate-finish",
 ]
 GREETING = "Hello from spiro-deploy!"
-SALT_FILES = ["hello/files/hello.txt.j2", "hello/init.sls", "top.sls"]
-MANIFEST = ".spirodeploy.json"
 FAILING_STATE = "spirodeploy-example-failure"
 FAILING_COMMENT = "This state fails on purpose (make_project(fail=True))."
-#: Settings the CLI reads from the environment; the tests control them all.
-SCRUBBED_ENV = ("SPIRO_URL", "SPIRO_TOKEN", "SPIRO_TOKEN_FILE", "REQUESTS_CA_BUNDLE",
-                "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")
 
 
 # --- helpers ------------------------------------------------------------------
-
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
-            timeout: float = 150) -> subprocess.CompletedProcess:
-    """``python -m spirodeploy ARGS`` in ``cwd``; no colour, no progress bar."""
-    environ = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-    environ.update({"NO_COLOR": "1", "PYTHONUNBUFFERED": "1"})
-    environ.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "spirodeploy", *args], cwd=cwd, env=environ,
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-    )
-
-
-def describe(proc: subprocess.CompletedProcess) -> str:
-    return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
-
-
-def json_lines(proc: subprocess.CompletedProcess) -> list[dict]:
-    """``--json`` output: every stdout line must be one JSON object."""
-    return [json.loads(line) for line in proc.stdout.splitlines()]
-
-
-def events_and_report(proc: subprocess.CompletedProcess) -> tuple[list[tuple[str, dict]], dict]:
-    objs = json_lines(proc)
-    assert objs and "report" in objs[-1], describe(proc)
-    events = [(obj["event"], obj["data"]) for obj in objs[:-1]]
-    assert len(events) == len(objs) - 1, describe(proc)  # nothing but events, then the report
-    return events, objs[-1]["report"]
-
-
-def names(events: list[tuple[str, dict]]) -> list[str]:
-    return [name for name, _ in events]
-
 
 def list_master(bed, deployment: str) -> list[str]:
     """The saltenv's files as the minion sees them (``salt-call cp.list_master``)."""
@@ -87,18 +58,6 @@ def get_file_str(bed, deployment: str, path: str) -> str:
                                 saltenv=f"{PROJECT}/{deployment}")
     assert ret.returncode == 0 and isinstance(ret.data, str), ret
     return ret.data
-
-
-def assert_single_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    """stderr is one ``spiro-deploy: error: ...`` line (plus warnings), no traceback."""
-    assert "Traceback" not in proc.stderr + proc.stdout, describe(proc)
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("spiro-deploy: error:")]
-    others = [line for line in proc.stderr.splitlines()
-              if line.strip() and not line.startswith(("spiro-deploy: error:", "Warning:"))]
-    assert len(errors) == 1 and not others, describe(proc)
-    for fragment in fragments:
-        assert fragment in errors[0], describe(proc)
-    return errors[0]
 
 
 def assert_not_deployed(bed, deployment: str, wait: float = 2.0) -> None:
@@ -443,7 +402,7 @@ def test_insecure_over_https_works_and_warns(spiro_bed, project, token_file):
     ]
     lines = proc.stdout.splitlines()
     assert len(lines) == len(expected), describe(proc)
-    for pattern, line in zip(expected, lines):
+    for pattern, line in zip(expected, lines, strict=True):
         assert re.fullmatch(pattern, line), (pattern, describe(proc))
     assert spiro_bed.output_file(PROJECT, deployment).read_text().startswith(GREETING)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from spirodeploy.history import HistoryStore
+from tests.support import describe
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -62,10 +63,6 @@ def cli(*args: str, cwd: Path, hdir: Path, options: list[str]) -> subprocess.Com
                           text=True, timeout=200, check=False)
 
 
-def describe(proc) -> str:
-    return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
-
-
 def served(bed, deployment: str) -> tuple[list[str], dict]:
     """The saltenv's files and manifest, as the minion sees them."""
     files = bed.salt_call_cli.run("cp.list_master", saltenv=f"{PROJECT}/{deployment}")
@@ -95,7 +92,9 @@ def deployment(spiro_bed, request):
 
 @pytest.mark.parametrize("deployment", ["h-rollback"], indirect=True)
 def test_rollback_after_a_failed_highstate(spiro_bed, good, bad, options, hdir, deployment):
-    run = lambda *a, cwd=good: cli(*a, cwd=cwd, hdir=hdir, options=options)
+    def run(*a, cwd=good):
+        return cli(*a, cwd=cwd, hdir=hdir, options=options)
+
     first = run(PROJECT, deployment)
     assert first.returncode == 0, describe(first)
     failed = run(PROJECT, deployment, cwd=bad)
@@ -155,7 +154,9 @@ def test_promotion_serves_byte_identical_content(spiro_bed, good, options, hdir,
 @pytest.mark.parametrize("deployment", ["h-keep"], indirect=True)
 def test_retention_and_a_corrupted_bundle(spiro_bed, good, bad, options, hdir, deployment,
                                           workdir):
-    run = lambda *a, cwd=good: cli(*a, cwd=cwd, hdir=hdir, options=options)
+    def run(*a, cwd=good):
+        return cli(*a, cwd=cwd, hdir=hdir, options=options)
+
     assert run(PROJECT, deployment, "--no-highstate").returncode == 0
     other = spiro_bed.make_project(workdir / "other", "hello")
     (other / "_salt" / "extra.sls").write_text("{}\n")

@@ -1,4 +1,4 @@
-"""Crafted tars (issue 11, items 1 and 2) against the real bed.
+"""Crafted tars against the real bed.
 
 A token scoped to project ``PROJECT`` must not write outside it, whatever
 tar ``--bundle`` (or the Salt module's ``upload``) is given.  Each attack
@@ -8,8 +8,9 @@ the other project's deployment unchanged, and no deployment (or staging
 directory) of the attacker's.  The tars are built byte by byte here, as an
 attacker would.
 
-Also: ``--bundle /dev/stdin`` deploys (it used to end in a traceback), and
-what is deployed is the plain tar that was checked.
+Also: ``--bundle /dev/stdin`` deploys (a pipe cannot be read twice, so the
+check and the upload share one read), and what is deployed is the plain tar
+that was checked.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_cli_e2e import (
+from tests.support import (
+    REPO,
     SCRUBBED_ENV,
     assert_single_line_error,
     describe,
@@ -39,7 +41,6 @@ pytestmark = pytest.mark.timeout(240)
 
 PROJECT = "sectar"
 VICTIM = "sectar-v"
-REPO = Path(__file__).resolve().parents[2]
 INJECTED = f"../../{VICTIM}/prod/INJECTED.sls"
 #: The victim's file that stands in for the master's ``master.pem``.
 SECRET = "secret.sls"
@@ -65,25 +66,27 @@ COMPRESS = {"gzip": lambda d: gzip.compress(d, mtime=0), "bzip2": bz2.compress,
 
 
 def duplicate_name_through_symlink() -> bytes:
-    """Item 1 as reported: file ``s`` is written through the first ``s``."""
+    """A duplicate name: file ``s`` would be written through the first ``s``, a symlink."""
     return (member("s", "sym", link=f"../../{VICTIM}/prod/INJECTED.sls") + member("s")
             + member("ok.sls", data=b"ok: {}\n") + member("s", "sym", link="ok.sls") + END)
 
 
 def hard_link_through_symlinked_dir() -> bytes:
-    """Item 1, the master.pem variant: ``h`` links the victim's secret."""
+    """A hard link through a symlinked directory: ``h`` would link the victim's
+    secret (as it would link the master's ``master.pem``)."""
     return (member("d", "sym", link=f"../../{VICTIM}/prod") + member("h", "lnk", link=f"d/{SECRET}")
             + member("d", "sym", link=".") + END)
 
 
 def concatenated(kind: str) -> bytes:
-    """Item 2: a harmless first stream without end-of-archive blocks, then INJECTED."""
+    """Concatenated streams: a harmless first one without end-of-archive blocks, then
+    INJECTED."""
     return (COMPRESS[kind](member("top.sls", data=b"base: {}\n"))
             + COMPRESS[kind](member(INJECTED) + END))
 
 
 def lzma_polyglot() -> bytes:
-    """Item 2's sibling: a plain tar (member ``]``) whose first name field is
+    """A polyglot: a plain tar (member ``]``) whose first name field is
     also a whole ``.lzma`` stream of a tar holding INJECTED; the server's
     tarfile tries xz/lzma before plain tar."""
     stream = lzma.compress(tarfile.TarInfo(INJECTED).tobuf(tarfile.USTAR_FORMAT),

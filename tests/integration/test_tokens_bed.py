@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from spirodeploy import tokens
+from tests.support import describe
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -35,10 +36,6 @@ def run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=environ,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=150,
                           check=False)
-
-
-def describe(proc: subprocess.CompletedProcess) -> str:
-    return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
 
 
 def write_token(path: Path, token: str) -> Path:
@@ -119,8 +116,8 @@ def test_narrowed_token_stops_working_after_its_lifetime(spiro_bed, tmp_path):
 
 
 def test_real_token_with_two_more_caveats_is_judged_by_intersection(spiro_bed, tmp_path):
-    """The bug of issue 12: a later caveat that allows more must not widen an
-    earlier one, and a later expiry must not hide an earlier one."""
+    """A later caveat that allows more must not widen an earlier one, and a
+    later expiry must not hide an earlier one (the server checks every caveat)."""
     project_dir = spiro_bed.make_project(tmp_path)
     issued = tokens.Macaroon.parse(spiro_bed.issue_token([ALLOWED, OTHER]))
     # Narrowed twice, the second time "wider" (made with the library: the CLI

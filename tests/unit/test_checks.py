@@ -8,10 +8,9 @@ import pytest
 
 from spirodeploy.checks import check_name, check_token_scope, clean_token, token_caveats
 from spirodeploy.client import check_url, safe_url
-from spirodeploy.errors import (ConfigError, ExitCode, InvalidNameError, TokenExpired,
-                                TokenNotAllowed)
+from spirodeploy.errors import ConfigError, ExitCode, InvalidNameError, TokenExpired, TokenNotAllowed
 from spirodeploy.settings import Settings
-from tests.conftest import make_token
+from tests.support import make_token
 
 
 @pytest.mark.parametrize("name", ["", "  ", "a/b", "../other/prod", "..", "a\\b", "x\ny",
@@ -35,7 +34,7 @@ def test_good_names_pass(name):
 ])
 def test_names_the_server_would_map_onto_another_directory_are_refused(name, why):
     """SpiroFS joins the names into a path: '.' is the project's directory itself,
-    dot-prefixed names are its staging directories (issue 11, item 3)."""
+    dot-prefixed names are its staging directories."""
     with pytest.raises(InvalidNameError, match=why) as info:
         check_name("project", name)
     assert info.value.exit_code == ExitCode.USAGE

@@ -16,8 +16,8 @@ import pytest
 from spirodeploy.cli import main
 from spirodeploy.errors import ExitCode
 from spirodeploy.output import HumanPrinter, use_colour
-from tests.conftest import REPO, make_token
 from tests.fakeserver import highstate_events, sse
+from tests.support import REPO, make_token
 
 FAILED_RET = {"cmd_|-broken_|-false_|-run": {
     "result": False, "changes": {}, "comment": 'Command "false" run', "__run_num__": 0,

@@ -1,4 +1,4 @@
-"""What the command prints is safe, and tells the truth (issue 11, items 5, 9, 11).
+"""What the command prints is safe, and tells the truth.
 
 Against the fake server: a server (or a proxy) that echoes the request's
 ``Authorization`` header back, in an error page or in event text; events
@@ -20,8 +20,8 @@ import pytest
 
 from spirodeploy.cli import main
 from spirodeploy.errors import ExitCode
-from tests.conftest import REPO, make_token
 from tests.fakeserver import highstate_events, sse
+from tests.support import REPO, make_token
 
 TOKEN = make_token({"not_before": time.time() - 10, "project_allow": ["proj"]})
 RAW_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
@@ -69,7 +69,7 @@ def echo_headers(fake_server, make_chunks, **script) -> None:
     fake_server.on_request = on_request
 
 
-# --- item 5: the token never reaches the output ------------------------------------
+# --- the token never reaches the output -----------------------------------------------
 
 @pytest.mark.parametrize("status", [400, 407, 500])
 @pytest.mark.parametrize("token_from", ["env", "file", "option"])
@@ -134,7 +134,7 @@ def test_event_text_echoing_the_token_is_not_printed(cli, fake_server, as_json):
     assert not leaks(out + err), out + err
 
 
-# --- item 11: server text cannot drive the terminal ---------------------------------
+# --- server text cannot drive the terminal --------------------------------------------
 
 def crafted_events(evil: str) -> list[bytes]:
     minion = f"web{evil}"
@@ -175,7 +175,7 @@ def test_an_error_body_cannot_drive_the_terminal(cli, fake_server):
     assert not RAW_CONTROL.findall(out + err) and "boom\\x1b[2A" in err
 
 
-# --- item 9: a second signal does not make the message lie ---------------------------
+# --- a second signal does not make the message lie ------------------------------------
 
 def _spawn(code: str, args: list[str], env: dict, cwd) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd, env=env,

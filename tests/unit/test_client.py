@@ -10,9 +10,19 @@ import pytest
 
 from spirodeploy import client
 from spirodeploy.client import check_token, upload
-from spirodeploy.errors import (BundleRejected, ConnectError, ExitCode, MalformedEvent,
-                                NotAnEventStream, ServerError, StreamCut, StreamTimeout,
-                                TLSError, TokenNotAllowed, TokenRejected)
+from spirodeploy.errors import (
+    BundleRejected,
+    ConnectError,
+    ExitCode,
+    MalformedEvent,
+    NotAnEventStream,
+    ServerError,
+    StreamCut,
+    StreamTimeout,
+    TLSError,
+    TokenNotAllowed,
+    TokenRejected,
+)
 from tests.fakeserver import FakeSpiroServer, highstate_events, sse
 from tests.saltbed.bed import make_tls_files
 
@@ -168,7 +178,7 @@ def test_dns_failure(token):
 
 
 def test_token_never_in_errors_and_checked_before_sending(fake_server):
-    from tests.conftest import make_token
+    from tests.support import make_token
 
     other = make_token({"not_before": 0, "project_allow": ["other"]})
     with pytest.raises(TokenNotAllowed):
@@ -265,4 +275,6 @@ def test_events_held_by_the_caller_are_not_silence(fake_server, token):
                            connect_retries=0, read_timeout=0.3):
         got.append(event)
         time.sleep(0.5)
-    assert got[-1] == "highstate-finish"
+    # Every event, not a timeout after the first: 2.5 s of the caller's time in all.
+    assert got == ["deploy-bundle", "highstate-calc", "highstate-start", "highstate-update",
+                   "highstate-finish"]

@@ -9,8 +9,8 @@ import junitparser
 import pytest
 import xmlschema
 
-from tests.conftest import make_token
 from tests.fakeserver import highstate_events
+from tests.support import make_token
 from tests.unit.test_salt_module import spiromod
 from tests.unit.test_salt_runner import JidEvent, spirorunner
 

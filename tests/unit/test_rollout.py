@@ -11,8 +11,8 @@ import pytest
 
 from spirodeploy import rollout
 from spirodeploy.rollout import BatchSize, Canary, RolloutError, RolloutOptions
-from tests.conftest import make_token
 from tests.fakeserver import sse
+from tests.support import make_token
 from tests.unit.test_salt_module import load_salt_file
 
 TOKEN = make_token()

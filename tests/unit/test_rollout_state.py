@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from tests.conftest import make_token
 from tests.fakeserver import sse
+from tests.support import make_token
 from tests.unit.test_salt_state import bus, fileserver, spiromod, spirostates  # noqa: F401
 
 TOKEN = make_token()

@@ -1,5 +1,5 @@
-"""The runner's progress lines carry server text: no token, no terminal control
-(issue 11, items 5 and 11), with the loader fixtures of test_salt_runner."""
+"""The runner's progress lines carry server text: no token, no terminal control,
+with the loader fixtures of test_salt_runner."""
 
 from __future__ import annotations
 

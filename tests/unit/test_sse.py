@@ -92,7 +92,7 @@ def _encode(events) -> tuple[bytes, list[tuple[str, str]]]:
 def test_any_chunking_gives_the_same_events(events, cuts):
     data, expected = _encode(events)
     points = sorted({min(c, len(data)) for c in cuts})
-    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)], strict=True)]
     assert parse(*chunks) == expected
 
 

@@ -184,7 +184,7 @@ def test_manifest_not_json_is_ignored():
         "format": 1, "files": []}
 
 
-# --- issue 11, item 1: a name that appears twice; links judged when they appear -------
+# --- a name that appears twice; links judged when they appear ---------------------
 
 @pytest.mark.parametrize("members,match", [
     # the reported attack: the file 's' is written through the first 's', which a
@@ -258,7 +258,7 @@ def test_gnu_tar_layout_with_hard_links_is_accepted():
     assert summary.file_count == 2 and summary.has_top
 
 
-# --- issue 11, item 2: concatenated compressed streams, and the checked copy ----------
+# --- concatenated compressed streams, and the checked copy ----------------------------
 
 INJECTED = "../../otherproj/prod/INJECTED.sls"
 
