@@ -12,6 +12,7 @@ SALT_DIRS = {
     "spirodeploy.salt_modules": "_modules",
     "spirodeploy.salt_runners": "_runners",
     "spirodeploy.salt_states": "_states",
+    "spirodeploy.salt_output": "_output",
 }
 
 setup(

@@ -40,12 +40,14 @@ WHEEL_NEEDS = [
     "spirodeploy/salt_modules/spirodeploy.py",
     "spirodeploy/salt_runners/spirodeploy.py",
     "spirodeploy/salt_states/spirodeploy.py",
+    "spirodeploy/salt_output/spirodeploy_progress.py",
 ]
 ENTRY_POINTS = [
     "spiro-deploy = spirodeploy.cli:run",
     "module_dirs = spirodeploy.saltloader:module_dirs",
     "runner_dirs = spirodeploy.saltloader:runner_dirs",
     "states_dirs = spirodeploy.saltloader:states_dirs",
+    "outputter_dirs = spirodeploy.saltloader:outputter_dirs",
 ]
 
 

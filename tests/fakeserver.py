@@ -38,7 +38,8 @@ class Script:
 
     status: int = 200
     content_type: str = "text/event-stream"
-    #: Pieces of the response body, each sent as its own HTTP chunk.
+    #: Pieces of the response body, each sent as its own HTTP chunk (any
+    #: iterable: a generator such as :func:`fleet_events` is sent as it yields).
     chunks: list[bytes] = field(default_factory=list)
     #: Seconds to wait before each chunk.
     delay: float = 0.0
@@ -77,6 +78,43 @@ def highstate_events(minion: str = "minion-1", ret=None, retcode: int = 0) -> li
                                  "result": {"ret": ret, "retcode": retcode, "jid": "1"}}),
         sse("highstate-finish", {"msg": "Highstate complete"}),
     ]
+
+
+def fleet_state(index: int, changed: bool = False, failed: bool = False) -> tuple[str, dict]:
+    """One state's key and return, shaped like Salt's (with ``duration`` and ``__sls__``)."""
+    path = f"/etc/app/conf{index:02d}"
+    comment = (f"Command failed on {path}" if failed else
+               f"File {path} updated" if changed else f"File {path} is in the correct state")
+    return f"file_|-state{index:02d}_|-{path}_|-managed", {
+        "result": False if failed else True,
+        "changes": {"diff": "--- \n+++ \n@@ -1 +1 @@\n-old\n+new\n"} if changed else {},
+        "comment": comment, "name": path, "__run_num__": index, "__id__": f"state{index:02d}",
+        "__sls__": "app.config", "duration": 1.25 + index % 7, "start_time": "12:00:00.000000",
+    }
+
+
+def fleet_events(minions: int, states: int = 50, changed: int = 5, fail_every: int = 100,
+                 prefix: str = "web", jid: str = "20261129120000000000"):
+    """Yield a whole deploy for a fleet, one SSE event at a time (bytes).
+
+    ``minions`` minions (``web00000`` ...) with ``states`` states each, the
+    first ``changed`` of them changed; every ``fail_every``-th minion fails
+    its first state with retcode 2.  The ``highstate-start`` message names
+    every minion, as SpiroFS's does.
+    """
+    names = [f"{prefix}{i:05d}" for i in range(minions)]
+    yield sse("deploy-bundle", {"msg": "Deploying bundle"})
+    yield sse("highstate-calc", {"msg": "Calculating minions to highstate"})
+    yield sse("highstate-start", {"msg": f"Highstating {minions} minions: " + ", ".join(names),
+                                  "minions": names})
+    for number, name in enumerate(names):
+        failing = bool(fail_every) and number % fail_every == fail_every - 1
+        ret = dict(fleet_state(i, changed=i < changed, failed=failing and i == 0)
+                   for i in range(states))
+        yield sse("highstate-update", {"msg": f"Minion {name} finished", "minion": name,
+                                       "result": {"ret": ret, "retcode": 2 if failing else 0,
+                                                  "jid": jid}})
+    yield sse("highstate-finish", {"msg": "Highstate complete"})
 
 
 class FakeSpiroServer:

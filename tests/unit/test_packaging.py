@@ -87,7 +87,7 @@ def test_entry_points_resolve():
     scripts = PROJECT["scripts"]
     loader = PROJECT["entry-points"]["salt.loader"]
     assert scripts["spiro-deploy"] == "spirodeploy.cli:run"
-    assert set(loader) == {"module_dirs", "runner_dirs", "states_dirs"}
+    assert set(loader) == {"module_dirs", "runner_dirs", "states_dirs", "outputter_dirs"}
     for target in [*scripts.values(), *loader.values()]:
         module, _, attr = target.partition(":")
         assert callable(getattr(importlib.import_module(module), attr)), target

@@ -48,7 +48,7 @@ def test_successful_highstate_counts_states():
     assert report.succeeded and report.exit_code == ExitCode.OK
     web1 = report.minions["web1"]
     assert web1.counts == {"ok": 1, "changed": 1, "failed": 0}
-    assert [s.id for s in web1.states] == ["nginx", "hello"]  # by run order
+    assert [s.id for s in web1.changed_states] == ["nginx"] and not web1.failed_states
     assert report.summary() == "Deployed proj/prod: 1 of 1 minions reported"
 
 
@@ -60,7 +60,8 @@ def test_failed_state_fails_the_deploy_and_names_it():
     assert report.failed == ["web1"]
     failed = report.to_dict()["results"]["web1"]["failed"]
     assert failed == [{"id": "broken", "name": "false", "function": "cmd.run", "result": False,
-                       "comment": 'Command "false" run', "changed": True}]
+                       "comment": 'Command "false" run', "changed": True,
+                       "duration_ms": None, "sls": None}]
     assert "failed: web1" in report.summary()
 
 
