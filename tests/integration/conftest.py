@@ -53,6 +53,11 @@ def salt_ext(spiro_bed):
         yield {"minion_sync": minion_sync.data, "master_sync": master_sync.data}
         for path in copied:
             path.unlink()
+        # Sync again so the copies leave the minion's and master's extension
+        # modules too: the next module's sync then installs them afresh (and
+        # reports them), and nothing synced outlives the module that synced it.
+        spiro_bed.salt_call_cli.run("saltutil.sync_all", saltenv="base")
+        spiro_bed.salt_run_cli.run("saltutil.sync_all")
 
 
 @pytest.fixture

@@ -48,8 +48,9 @@ def test_entry_points_are_registered():
               if ep.value.startswith("spirodeploy.")}
     assert points == {"module_dirs": "spirodeploy.saltloader:module_dirs",
                       "runner_dirs": "spirodeploy.saltloader:runner_dirs",
-                      "states_dirs": "spirodeploy.saltloader:states_dirs"}, (
-        "setup.py must register the salt.loader entry points (then reinstall)")
+                      "states_dirs": "spirodeploy.saltloader:states_dirs",
+                      "outputter_dirs": "spirodeploy.saltloader:outputter_dirs"}, (
+        "pyproject.toml must register the salt.loader entry points (then reinstall)")
 
 
 def test_salt_call_finds_the_module_and_the_state(config_dir):
