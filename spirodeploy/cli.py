@@ -31,7 +31,8 @@ exit codes:
        server may already have the new bundle
 
 environment:
-  SPIRO_URL         server URL (default https://salt:4510/)
+  SPIRO_URL         server URL (default https://salt:4510/); a comma list names
+                    several masters (see --server)
   SPIRO_TOKEN_FILE  file holding the token (preferred in CI: not visible in ps)
   SPIRO_TOKEN       the token itself
   SPIRO_HISTORY_DIR where deploys are recorded (default
@@ -98,15 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
                              "(every member is checked first)")
 
     server = parser.add_argument_group("server")
-    server.add_argument("--server", metavar="URL", help="server URL (overrides SPIRO_URL)")
+    server.add_argument("--server", metavar="URL", action="append",
+                        help="server URL (overrides SPIRO_URL). Repeat it for several masters: "
+                             "all get the bundle, the first named highstates once the others "
+                             "accepted it")
     token = server.add_mutually_exclusive_group()
-    token.add_argument("--token", metavar="TOKEN",
-                       help="token (overrides SPIRO_TOKEN; visible in ps, prefer --token-file)")
-    token.add_argument("--token-file", metavar="FILE",
-                       help="read the token from FILE (overrides SPIRO_TOKEN_FILE)")
+    token.add_argument("--token", metavar="TOKEN", action="append",
+                       help="token (overrides SPIRO_TOKEN; visible in ps, prefer --token-file); "
+                            "with several --server: once for all, or once per server")
+    token.add_argument("--token-file", metavar="FILE", action="append",
+                       help="read the token from FILE (overrides SPIRO_TOKEN_FILE); with "
+                            "several --server: once for all, or once per server, in order")
     tls = server.add_mutually_exclusive_group()
-    tls.add_argument("--ssl-cert", metavar="FILE",
-                     help="verify the server with this CA or certificate (PEM)")
+    tls.add_argument("--ssl-cert", metavar="FILE", action="append",
+                     help="verify the server with this CA or certificate (PEM); with several "
+                          "--server: once for all, or once per server")
     tls.add_argument("--insecure", action="store_true",
                      help="do not verify the server, and allow plain http:// (dangerous)")
     server.add_argument("--timeout", type=_seconds_or_no_limit, metavar="SECONDS",
@@ -122,8 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     output = parser.add_argument_group("output")
     output.add_argument("--json", action="store_true",
                         help="print one JSON object per event, then the report")
+    output.add_argument("--junit", metavar="FILE",
+                        help="after the deploy, also a failed one, write a JUnit XML report "
+                             "to FILE (for CI test pages)")
+    output.add_argument("--html", metavar="FILE",
+                        help="after the deploy, also a failed one, write a self-contained HTML "
+                             "report to FILE")
     output.add_argument("--no-progress", action="store_true",
                         help="no upload progress bar (it is only drawn on a terminal)")
+    output.add_argument("-v", "--verbose", action="count", default=0,
+                        help="list every minion's changed states, however many minions "
+                             "(by default only up to 10 minions; failed states are always "
+                             "shown)")
     output.add_argument("--version", action="version", version=f"spiro-deploy {__version__}")
     from .historycli import add_options as add_history_options
 
@@ -133,13 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; return its exit status."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_bare_compress(argv))
     from .output import HumanPrinter, JsonPrinter
 
-    printer = JsonPrinter() if args.json else HumanPrinter(progress=False if args.no_progress else None)
+    printer = JsonPrinter() if args.json else HumanPrinter(
+        progress=False if args.no_progress else None, verbose=args.verbose)
     # The token is masked in everything printed; _run adds the one it reads
     # from a token file.
-    printer.hide(args.token, os.environ.get("SPIRO_TOKEN"))
+    printer.hide(*(args.token or ()), os.environ.get("SPIRO_TOKEN"),
+                 *os.environ.get("SPIRO_TOKEN", "").split(","))
     watch = _Watch()
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -157,25 +176,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, printer, watch: _Watch) -> int:
     from .checks import check_name
 
-    check_name("project", args.project)
-    check_name("deployment", args.deployment)
+    # Checked once, here where they enter: the deploy flow passes checked names through.
+    args.project = check_name("project", args.project)
+    args.deployment = check_name("deployment", args.deployment)
     from .historycli import HistoryCLI
 
     history = HistoryCLI(args, printer)
+    _check_report_files(args, history)  # before any upload (and before the token is read)
     if args.history:
         return history.list()  # no server needed
     settings = None
     if not args.dry_run:
-        from .settings import Settings
+        from .settings import resolve_servers
 
         # Settings before bundling: a bad token should not wait for a big build.
-        settings = Settings.resolve(
-            server=args.server, token=args.token, token_file=args.token_file,
-            ssl_cert=args.ssl_cert, insecure=args.insecure,
+        settings = resolve_servers(
+            args.server, tokens=args.token or (), token_files=args.token_file or (),
+            ssl_certs=args.ssl_cert or (), insecure=args.insecure,
             connect_timeout=args.connect_timeout, read_timeout=args.timeout,
             deadline=args.deadline,
         )
-        printer.hide(settings.token)
+        printer.hide(*(server.token for server in settings.all_servers))
         if settings.insecure:
             printer.warn("--insecure: the server is not authenticated; do not use this in "
                          "production")
@@ -193,23 +214,25 @@ def _run(args: argparse.Namespace, printer, watch: _Watch) -> int:
                              "plain tar it checked")
         from .deploy import deploy_file
 
-        report = history.deploy(settings, callbacks, lambda recording: deploy_file(
-            args.bundle, args.project, args.deployment, settings, highstate=args.highstate,
-            history=recording, **callbacks))
+        report = _reporting(args, printer, history, lambda: history.deploy(
+            settings, callbacks, lambda recording: deploy_file(
+                args.bundle, args.project, args.deployment, settings, highstate=args.highstate,
+                on_warning=printer.warn, history=recording, **callbacks)))
+        _servers(printer, report, args.json)
         printer.finish(report)
-        return history.exit_code(report)
+        return _write_report_files(args, printer, history, report, history.exit_code(report))
 
     if args.dry_run:
         from .builder import build_bundle  # and nothing of the network side
+        from .checks import token_files
         from .compress import build_compressed
 
         # The same files as a real deploy would send: the token file stays out.
-        token_files = [path for path in (args.token_file, os.environ.get("SPIRO_TOKEN_FILE"))
-                       if path]
         build = build_compressed if args.compress else build_bundle
         with build(args.directory, artifacts=args.artifact,
                    include_source=args.include_source, output=args.output,
-                   allow_empty=args.allow_empty, exclude=token_files) as bundle:
+                   allow_empty=args.allow_empty,
+                   exclude=token_files(*(args.token_file or ()))) as bundle:
             for warning in bundle.warnings:
                 printer.warn(warning)
             printer.bundle(bundle, verbose=args.manifest)
@@ -217,17 +240,97 @@ def _run(args: argparse.Namespace, printer, watch: _Watch) -> int:
 
     from .deploy import deploy
 
-    report = history.deploy(settings, callbacks, lambda recording: deploy(
+    report = _reporting(args, printer, history, lambda: history.deploy(
+        settings, callbacks, lambda recording: deploy(
         args.project, args.deployment, settings, root=args.directory, artifacts=args.artifact,
         include_source=args.include_source, highstate=args.highstate,
         allow_empty=args.allow_empty, output=args.output, stream=args.stream,
-        compress=args.compress, on_bundle=lambda bundle: printer.deploying(bundle, args.project, args.deployment),
+        compress=args.compress,
+        on_bundle=lambda bundle: printer.deploying(bundle, args.project, args.deployment),
         on_warning=printer.warn, history=recording, **callbacks,
-    ))
+    )))
+    _servers(printer, report, args.json)
     printer.finish(report)
     if report.error and not args.json:
         printer.error(report.error)
-    return history.exit_code(report)
+    return _write_report_files(args, printer, history, report, history.exit_code(report))
+
+
+def _servers(printer, report, json_output: bool) -> None:
+    """With several servers, one line per server before the summary (--json: in the report)."""
+    if json_output or not getattr(report, "servers", None):
+        return
+    for outcome in report.servers:
+        printer.line(f"  {outcome.server} [{outcome.role}]: {outcome.status} "
+                     f"(exit {outcome.exit_code}) {outcome.message}")
+
+
+def _bare_compress(argv: Sequence[str] | None) -> list[str]:
+    """Read a bare ``--compress`` as ``--compress=gzip``.
+
+    Its value is optional, so argparse would otherwise take the next word,
+    the project in ``--compress myproj prod``, as the format.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--compress":
+            args[i] = "--compress=gzip"
+    return args
+
+
+def _check_report_files(args: argparse.Namespace, history) -> None:
+    """``--junit``/``--html``: only with a deploy, and to a path that can be written."""
+    if args.junit is None and args.html is None:
+        return
+    if args.dry_run or history.action:
+        raise UsageError("--junit and --html report a deploy: they cannot go with --dry-run, "
+                         "--history, --rollback or --promote-from")
+    from .reportfiles import check_writable
+
+    for option, path in (("--junit", args.junit), ("--html", args.html)):
+        if path is not None:
+            check_writable(option, path)
+
+
+def _reporting(args: argparse.Namespace, printer, history, run):
+    """``run()`` the deploy; if it raises, still write the report files, then re-raise."""
+    try:
+        return run()
+    except SpiroDeployError as exc:
+        if args.junit or args.html:
+            from .report import DeployReport
+
+            report = DeployReport(project=args.project, deployment=args.deployment,
+                                  highstate=args.highstate)
+            report.fail(exc, exc.exit_code, exc.server_has_bundle)
+            _write_report_files(args, printer, history, report, int(exc.exit_code))
+        raise
+
+
+def _write_report_files(args: argparse.Namespace, printer, history, report,
+                        exit_code: int) -> int:
+    """Write ``--junit``/``--html`` for the deploy; return the command's exit status.
+
+    With ``--rollback-on-failure`` they describe the deploy that failed, not
+    the rollback.  A file that cannot be written is an error (exit 2 if the
+    deploy itself succeeded).
+    """
+    if not (args.junit or args.html):
+        return exit_code
+    from .reportfiles import write_reports
+
+    outcome = history.outcome
+    if outcome is not None and getattr(outcome, "report", None) is not None:
+        report = outcome.report
+    try:
+        write_reports(report, junit=args.junit, html=args.html,
+                      secrets=getattr(printer, "secrets", ()))
+    except SpiroDeployError as exc:
+        printer.error(exc.message, int(exc.exit_code))
+        return exit_code or int(exc.exit_code)
+    return exit_code
 
 
 def _fail(printer, message: str, exit_code: int) -> int:
