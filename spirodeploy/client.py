@@ -123,6 +123,24 @@ def upload(
     read_timeout = None if read_timeout is None else check_timeout("read timeout", read_timeout,
                                                                    unlimited=True)
     deadline = None if deadline is None else check_timeout("deadline", deadline, unlimited=True)
+    return upload_checked(url, token, tarball, project, deployment, highstate=highstate,
+                          sslverify=sslverify, connect_timeout=connect_timeout,
+                          read_timeout=read_timeout, progress=progress,
+                          connect_retries=connect_retries, deadline=deadline)
+
+
+def upload_checked(url: str, token: str, tarball: IO[bytes], project: str, deployment: str, *,
+                   highstate: bool, sslverify: SSLVerify, connect_timeout: float,
+                   read_timeout: float | None, deadline: float | None,
+                   progress: ProgressCallback | None = None,
+                   connect_retries: int = CONNECT_RETRIES) -> Iterator[tuple[str, dict[str, Any]]]:
+    """:func:`upload` without its checks, for the deploy flow that made them already.
+
+    Each check is made once, where its input enters: the names and the
+    token's scope by :func:`spirodeploy.deploy.check_before_bundling`, the
+    URL, token and timeouts by :meth:`spirodeploy.settings.Settings.resolve`.
+    Anything else calls :func:`upload`.
+    """
     until = None if deadline is None else time.monotonic() + deadline
     return _upload(url, token, tarball, project, deployment, highstate, sslverify,
                    connect_timeout, read_timeout, progress, connect_retries, until)
@@ -260,7 +278,7 @@ def stream_events(response: Any, *, read_timeout: float | None = None,
 def check_url(url: str, sslverify: SSLVerify) -> str:
     """Refuse a malformed URL, and plain HTTP unless verification is off."""
     if not isinstance(url, str) or not url.strip():
-        raise ConfigError("no server URL given (--server or SPIRO_URL)")
+        raise ConfigError("no server URL given", setting="server", fix=" ({server} or SPIRO_URL)")
     url = url.strip()
     try:
         parts = urlsplit(url)
@@ -277,37 +295,46 @@ def check_url(url: str, sslverify: SSLVerify) -> str:
     _check_host(url, parts.hostname)
     if parts.scheme == "http" and sslverify is not False:
         raise ConfigError(f"refusing plain HTTP to {safe_url(url)}: the token and bundle would "
-                          "travel unencrypted; use https:// or, for testing, --insecure")
+                          "travel unencrypted", setting="insecure",
+                          fix="; use https:// or, for testing, {insecure_on}")
     if isinstance(sslverify, str):
         _check_pem(sslverify)
     return url if parts.path else url + "/"
 
 
-def check_timeout(what: str, value: Any, *, unlimited: bool = False) -> float | None:
+def check_timeout(what: str, value: Any, *, unlimited: bool = False,
+                  setting: str | None = None) -> float | None:
     """A number of seconds from ``value`` (a number or its text), or a clear error.
 
     NaN, negative numbers and absurdly large ones are refused.  With
     ``unlimited`` (the read timeout, the deadline) 0 and ``inf`` mean "no
     limit" and give None; otherwise (the connect timeout) the value must be
-    finite and above 0.
+    finite and above 0.  With ``setting`` (``"timeout"``, ``"connect_timeout"``,
+    ``"deadline"``) the error names that setting in each face's terms instead
+    of ``what``.
     """
+    def error(problem: str) -> ConfigError:
+        if setting is None:
+            return ConfigError(f"{what} {problem}")
+        return ConfigError(problem, setting=setting, fix=f"{{{setting}}} {{what}}")
+
     if isinstance(value, bool):
-        raise ConfigError(f"{what} must be a number of seconds, not {value!r}")
+        raise error(f"must be a number of seconds, not {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{what} must be a number of seconds, not {value!r}") from None
+        raise error(f"must be a number of seconds, not {value!r}") from None
     if math.isnan(number):
-        raise ConfigError(f"{what} must be a number of seconds, not NaN")
+        raise error("must be a number of seconds, not NaN")
     if number < 0:
-        raise ConfigError(f"{what} must not be negative")
+        raise error("must not be negative")
     if unlimited and (number == 0 or math.isinf(number)):
         return None
     if number == 0 or math.isinf(number):
-        raise ConfigError(f"{what} must be more than 0 and finite")
+        raise error("must be more than 0 and finite")
     if number > MAX_SECONDS:
         hint = " (0 or inf for no limit)" if unlimited else ""
-        raise ConfigError(f"{what} must be at most {MAX_SECONDS:.0f} seconds{hint}")
+        raise error(f"must be at most {MAX_SECONDS:.0f} seconds{hint}")
     return number
 
 
@@ -396,6 +423,12 @@ def _request(session, method, url, token, sslverify, connect_timeout, read_timeo
     }
     if content_type:
         headers["Content-Type"] = content_type
+    proxy = _proxy_for(session, url)
+    if proxy and any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in proxy):
+        # Caught here because what urllib3 and http.client do with it differs
+        # between Python versions (3.10 fails as a connection error).
+        raise ConfigError(f"the proxy setting from the environment ({safe_url(proxy)}) is not "
+                          "usable: it contains white space or a control character") from None
     try:
         with warnings.catch_warnings():
             if sslverify is False:
@@ -432,8 +465,8 @@ def _request(session, method, url, token, sslverify, connect_timeout, read_timeo
                            f"{safe_url(proxy or '?')} (from the environment): "
                            f"{_scrub_userinfo(_reason(exc))}") from None
     except requests.exceptions.SSLError as exc:
-        raise TLSError(f"TLS verification of {safe_url(url)} failed ({_reason(exc)}); "
-                       "use --ssl-cert FILE for a private CA") from None
+        raise TLSError(f"TLS verification of {safe_url(url)} failed ({_reason(exc)})",
+                       setting="ssl_cert", fix="; use {ssl_cert_file} for a private CA") from None
     except requests.exceptions.ConnectTimeout:
         raise ConnectError(f"timed out connecting to {safe_url(url)} "
                            f"after {connect_timeout:g}s") from None
@@ -594,12 +627,13 @@ def _socket_of(response: Any) -> socket.socket | None:
 def _silence_error() -> StreamTimeout:
     return StreamTimeout("the server sent no event for longer than the read timeout (keep-alive "
                          "comments do not count); the deploy may still be running on the "
-                         "server (raise it with --timeout)")
+                         "server", setting="timeout", fix=" (raise it with {timeout})")
 
 
 def _deadline_error() -> StreamTimeout:
     return StreamTimeout("the deadline passed before the deploy finished; the deploy may still "
-                         "be running on the server (raise it with --deadline)")
+                         "be running on the server", setting="deadline",
+                         fix=" (raise it with {deadline})")
 
 
 def _check_response(response, url: str, total: int, exact: bool = True) -> None:
@@ -628,7 +662,8 @@ def _status_error(response, url: str, total: int = 0, exact: bool = True) -> Ser
     if 300 <= status < 400:
         where = response.headers.get("Location", "?")
         return ServerError(f"the server redirected to {safe_url(where)}; not following it with "
-                           "the token (use that URL as --server)", status=status, body=body)
+                           "the token", status=status, body=body, setting="server",
+                           fix=" (use that URL as {server})")
     detail = f": {body}" if body else ""
     if status in (400, 413):
         hint = ""
@@ -645,8 +680,7 @@ def _status_error(response, url: str, total: int = 0, exact: bool = True) -> Ser
 def _stopped(error: BaseException) -> BaseException:
     """The build behind a streamed upload failed: say that nothing was deployed."""
     if isinstance(error, SpiroDeployError):
-        error.args = (f"{error.message}; the upload was stopped unfinished, so the server "
-                      "deploys nothing",)
+        error.add("; the upload was stopped unfinished, so the server deploys nothing")
         error.server_has_bundle = False
     return error
 
@@ -743,9 +777,20 @@ def _check_pem(path: str) -> None:
         with open(path, "rb") as handle:
             head = handle.read(1024 * 1024)
     except OSError as exc:
-        raise ConfigError(f"cannot read --ssl-cert file {path!r}: {exc.strerror}") from None
+        raise ConfigError(f"{path!r}: {exc.strerror}", setting="ssl_cert",
+                          fix="cannot read {ssl_cert} file {what}") from None
     if b"-----BEGIN CERTIFICATE-----" not in head:
-        raise ConfigError(f"--ssl-cert file {path!r} is not a PEM certificate")
+        raise ConfigError(f"{path!r} is not a PEM certificate", setting="ssl_cert",
+                          fix="{ssl_cert} file {what}")
+
+
+def _urllib3_major() -> int:
+    import urllib3
+
+    try:
+        return int(urllib3.__version__.split(".")[0])
+    except (AttributeError, ValueError):
+        return 0
 
 
 def _session():
@@ -763,7 +808,10 @@ def _session():
                 if hasattr(socket, name):
                     options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
             kwargs["socket_options"] = options
-            kwargs["blocksize"] = _CHUNK
+            if _urllib3_major() >= 2:
+                # urllib3 1.26 (Debian 12's, the container image's) has no
+                # blocksize and refuses the keyword.
+                kwargs["blocksize"] = _CHUNK
             super().init_poolmanager(*args, **kwargs)
 
     session = requests.Session()

@@ -57,6 +57,10 @@ def naming(names: Mapping[str, str]) -> Iterator[None]:
 class ExitCode(IntEnum):
     """The CLI's documented exit statuses (README, "Exit codes")."""
 
+    def __str__(self) -> str:
+        # The number, as IntEnum prints on Python 3.11+ (3.10 printed the name).
+        return str(self.value)
+
     OK = 0
     #: The server raised, or a minion failed its highstate.
     DEPLOY_FAILED = 1

@@ -62,6 +62,11 @@ class SpooledBuffer(tempfile.SpooledTemporaryFile):
     never does (the client streams the file).
     """
 
+    def seekable(self) -> bool:
+        # SpooledTemporaryFile has no seekable() before Python 3.11, and
+        # readers that check it would not rewind the bundle.
+        return True
+
     def getvalue(self) -> bytes:
         position = self.tell()
         try:

@@ -278,3 +278,17 @@ def test_events_held_by_the_caller_are_not_silence(fake_server, token):
     # Every event, not a timeout after the first: 2.5 s of the caller's time in all.
     assert got == ["deploy-bundle", "highstate-calc", "highstate-start", "highstate-update",
                    "highstate-finish"]
+
+
+def test_the_session_works_with_urllib3_1_26(monkeypatch):
+    # Debian 12's urllib3 (the container image's) has no ``blocksize``: a pool
+    # made with it fails on the first request with a TypeError.
+    import urllib3
+
+    monkeypatch.setattr(urllib3, "__version__", "1.26.12")
+    session = client._session()
+    adapter = session.get_adapter("https://salt:4510/")
+    assert "blocksize" not in adapter.poolmanager.connection_pool_kw
+    monkeypatch.setattr(urllib3, "__version__", "2.2.3")
+    adapter = client._session().get_adapter("https://salt:4510/")
+    assert adapter.poolmanager.connection_pool_kw["blocksize"] == client._CHUNK
