@@ -15,7 +15,7 @@ CPU, byte-compiled as an installed package is (one unmeasured warm-up round
 first).  Also measured, in this process: the size of the Salt module's
 return per successful minion, from the library path the module takes
 (``deploy_bundle`` then ``report.to_dict()`` and ``scrub``, as
-``_modules/spirodeploy.py``'s ``_finish`` does).
+``_modules/spirodeploy_mod.py``'s ``_finish`` does).
 
 Goals: peak RSS <= 100 MiB at every size, wall <= 2x bare, module return
 <= 2 KB per successful minion.

@@ -139,7 +139,7 @@ def make_inputs(cfg) -> dict[str, Scenario]:
         (root / ".gitignore").write_text("dist/\n")
         git_commit_all(root)
         _stamp(root, params)
-    for size in sorted(set(cfg.sizes) | {cfg.artifact_size}):
+    for size in sorted(set(cfg.sizes) | {cfg.artifact_size} | set(getattr(cfg, "sink_sizes", ()))):
         write_blob(root / "dist" / f"app-{fmt_size(size)}.bin", size, seed=size)
     art = f"dist/app-{fmt_size(cfg.artifact_size)}.bin"
     scenarios["a"] = Scenario("a", f"(a) {human(cfg.artifact_size)} artifact + _salt + ~300 source files",

@@ -182,17 +182,22 @@ def rotated(tools, run: int) -> list:
     return tools[k:] + tools[:k]
 
 
-def paired_ratio(a: Stat | None, b: Stat | None) -> float | None:
-    """Median over runs of ``a``'s wall / ``b``'s wall in the same run.
+def paired_ratios(a: Stat | None, b: Stat | None, attr: str = "wall") -> list[float]:
+    """``a``'s ``attr`` (wall or cpu) / ``b``'s in the same run, for every run both finished."""
+    if a is None or b is None:
+        return []
+    return [getattr(x, attr) / getattr(y, attr) for x, y in zip(a.samples, b.samples)
+            if x.error is None and y.error is None and getattr(y, attr) > 0]
+
+
+def paired_ratio(a: Stat | None, b: Stat | None, attr: str = "wall") -> float | None:
+    """Median over runs of ``a``'s wall (or ``attr``) / ``b``'s in the same run.
 
     The two tools of a run are measured back to back, so slow drift of the
     host (the walls here swing by 20% over minutes) cancels out of each
     pair, which a ratio of the two medians does not do.
     """
-    if a is None or b is None:
-        return None
-    pairs = [x.wall / y.wall for x, y in zip(a.samples, b.samples)
-             if x.error is None and y.error is None and y.wall > 0]
+    pairs = paired_ratios(a, b, attr)
     return statistics.median(pairs) if pairs else None
 
 

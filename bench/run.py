@@ -32,6 +32,8 @@ A child's reaped descendants, such as ``git archive``, count too.
 5. The client alone: the same deploys of (a) to bench/sink_server.py (HTTPS,
    drops the body), with ``--json`` and with the progress bar on a pty too;
    and the progress display's own CPU cost, in-process (progress_cost.py).
+   Part ``sink`` (``--only sink`` starts the sink alone, no salt-master):
+   ours vs curl at each of ``--sink-sizes``, paired like the builds.
 6. Peak RSS of building and deploying (to the sink) at several artifact
    sizes (flat?), and ``--help`` start-up, ours vs 0.4's.
 
@@ -310,8 +312,12 @@ class Bench:
         self.prebuilt_size[sc.key] = prebuilt.stat().st_size
         dep = f"e2e-{sc.key}"
         cmds = self.deploy_cmds(sc, target, dep, prebuilt=prebuilt)
+        pair = ("ours", "curl") if target_name == "sink" else None
         for run in range(runs):
-            for tool in rotated(tools, run):
+            # To the sink, ours and curl back to back (paired ratio); the rest rotate.
+            order = (paired_order(pair, tuple(rotated([t for t in tools if t not in pair], run)), run)
+                     if pair else rotated(tools, run))
+            for tool in order:
                 if tool not in cmds:
                     continue
                 env = dict(os.environ)
@@ -329,6 +335,40 @@ class Bench:
                          + (f"  FAILED {sample.error}" if sample.error else "")
                          + (f"  WARNING {sample.warning}" if sample.warning else ""))
         self.reset_deployment(target, dep)
+
+    def bench_sink_sizes(self, sc: Scenario, runs: int) -> None:
+        """The client alone at several bundle sizes: ours and curl to the sink, paired.
+
+        Each run measures ours (streaming, --no-progress) and curl of the same
+        bundle prebuilt back to back, which one first alternating; the report
+        gives the median of the per-run ratios, of wall and of CPU.
+        """
+        target = self.targets.get("sink")
+        for size in self.cfg.sink_sizes:
+            key = fmt_size(size)
+            section = f"sink-size-{key}"
+            if target is None:
+                self.stat(section, "ours").skipped = getattr(self, "sink_skip", "no sink server")
+                continue
+            art = f"dist/app-{key}.bin"
+            prebuilt = OUT / f"prebuilt-sink-{key}.tar"
+            if not prebuilt.exists():
+                build = build_cmds(sc, prebuilt, None, artifacts=[art])["ours"]
+                subprocess.run(build, cwd=sc.root, check=True, stdout=subprocess.DEVNULL)
+            self.prebuilt_size[section] = prebuilt.stat().st_size
+            cmds = self.deploy_cmds(sc, target, f"sink-{key}", artifacts=[art], prebuilt=prebuilt)
+            for run in range(runs):
+                for tool in paired_order(("ours", "curl"), (), run):
+                    sync()
+                    sample = run_measured(cmds[tool], cwd=sc.root,
+                                          log=LOGS / f"{section}-{tool}.log",
+                                          check=self.check_deployed(target, "x", 0,
+                                                                    curl=tool == "curl"))
+                    self.stat(section, tool).samples.append(sample)
+                    self.log(f"{section} {tool:5} run {run + 1}: {sample.wall:.2f}s "
+                             f"cpu {sample.cpu:.2f}s rss {sample.rss_kib / 1024:.0f} MiB"
+                             + (f"  FAILED {sample.error}" if sample.error else ""))
+            prebuilt.unlink(missing_ok=True)
 
     def bench_http_limit(self, sc: Scenario) -> None:
         """What a user sees deploying a >100 MB bundle over plain HTTP."""
@@ -387,17 +427,26 @@ def main(argv=None) -> int:
     parser.add_argument("--files", type=int, help="files of input (b) (default 50000; --quick 5000)")
     parser.add_argument("--big", action="store_true", help="add 4G to the sizes (needs ~10 GB disk)")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end deploys")
-    parser.add_argument("--only", help="comma list of parts: build,e2e,sizes,startup (default all)")
+    parser.add_argument("--only", help="comma list of parts: build,e2e,sink,sizes,startup "
+                                       "(default all; sink: the client alone against the sink "
+                                       "server at --sink-sizes, no SpiroFS)")
+    parser.add_argument("--sink-sizes", help="artifact sizes deployed to the sink, paired with "
+                                             "curl (default 128M,1G; --quick 128M)")
     parser.add_argument("--keep", action="store_true", help="keep generated inputs and outputs")
+    parser.add_argument("--ours-src", type=Path, help="measure spiro-deploy built from this "
+                                                      "checkout instead of this one (a before/after "
+                                                      "comparison with the same harness)")
     cfg = parser.parse_args(argv)
     cfg.runs = cfg.runs or (1 if cfg.quick else 3)
     cfg.artifact_size = parse_size(cfg.artifact_size or ("128M" if cfg.quick else "1G"))
     cfg.many_files = cfg.files or (5000 if cfg.quick else 50000)
     cfg.sizes = sorted({parse_size(s) for s in (cfg.sizes or ("32M,128M" if cfg.quick else "256M,1G")).split(",")}
                        | ({4 * GiB} if cfg.big else set()))
-    parts = set((cfg.only or "build,e2e,sizes,startup").split(","))
+    cfg.sink_sizes = sorted({parse_size(s) for s in
+                             (cfg.sink_sizes or ("128M" if cfg.quick else "128M,1G")).split(",")})
+    parts = set((cfg.only or "build,e2e,sink,sizes,startup").split(","))
 
-    need = (cfg.artifact_size + sum(cfg.sizes)) * 4 + 2 * GiB
+    need = (cfg.artifact_size + sum(cfg.sizes) + sum(cfg.sink_sizes)) * 4 + 2 * GiB
     free = shutil.disk_usage(REPO).free
     if free < need:
         print(f"bench: needs about {human(need)} free disk, {human(free)} free", file=sys.stderr)
@@ -415,10 +464,12 @@ def main(argv=None) -> int:
     scenarios = make_inputs(cfg)
     for sc in scenarios.values():
         bench.log(f"  {sc.title}: {sc.files:,} files, {human(sc.size)}")
-    bench.log("installing spiro-deploy from this checkout into its own venv ...")
-    note = install_ours()
+    bench.log(f"installing spiro-deploy from {cfg.ours_src or 'this checkout'} into its own venv ...")
+    note = install_ours(cfg.ours_src)
     if note:
         bench.notes.append(note)
+    if cfg.ours_src:
+        bench.notes.append(f"\"ours\" is spiro-deploy built from {cfg.ours_src}, not this checkout")
     bench.log(f"  measuring {' '.join(ours_bin())}")
     try:
         bench.ref_bin = ensure_ref_venv()
@@ -430,6 +481,11 @@ def main(argv=None) -> int:
                 bench.bench_build(sc, cfg.runs)
         if "e2e" in parts or "sizes" in parts:
             bench.start_servers()
+        elif "sink" in parts:  # the sink alone: no salt-master to start
+            try:
+                bench.start_sink(None)
+            except Exception as exc:  # noqa: BLE001
+                bench.sink_skip = f"no sink server ({type(exc).__name__}: {exc})"
         if "e2e" in parts:
             bench.bench_e2e(scenarios["a"], cfg.runs, "spirofs",
                             ["ours", "ours --no-stream", "curl", "0.4"])
@@ -439,6 +495,8 @@ def main(argv=None) -> int:
                              "ours, progress bar on a tty", "ours, history on", "curl", "0.4"])
             bench.bench_http_limit(scenarios["a"])
             bench.bench_progress(bench.prebuilt_size.get("a") or scenarios["a"].size)
+        if "sink" in parts:
+            bench.bench_sink_sizes(scenarios["a"], cfg.runs)
         if "sizes" in parts:
             bench.bench_sizes(scenarios["a"])
         if "startup" in parts:

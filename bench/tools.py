@@ -25,8 +25,8 @@ def ours_bin() -> list[str]:
     return [sys.executable, "-m", "spirodeploy"]
 
 
-def install_ours() -> str | None:
-    """Install this checkout as a user would: a wheel, in its own venv.
+def install_ours(src: Path | None = None) -> str | None:
+    """Install this checkout (or the one at ``src``) as a user would: a wheel, in its own venv.
 
     The development venv has the checkout installed in editable mode, whose
     import hook costs every run about 13 ms of interpreter start-up (measured:
@@ -34,11 +34,15 @@ def install_ours() -> str | None:
     measured from its own venv too.  Falls back to the development venv (its
     bytecode compiled first) when pip cannot build or install; returns a note.
     """
-    python = OURS_VENV / "bin" / "python"
+    # Another checkout (--ours-src: the same harness measures a before and an
+    # after) gets a venv of its own, so neither reinstalls over the other.
+    venv = OURS_VENV if src is None else OURS_VENV.with_name("ours-venv-src")
+    python = venv / "bin" / "python"
     wheels = WORK / "ours-wheel"
     shutil.rmtree(wheels, ignore_errors=True)
-    steps = [] if python.exists() else [[sys.executable, "-m", "venv", str(OURS_VENV)]]
-    steps += [[str(python), "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(REPO)],
+    steps = [] if python.exists() else [[sys.executable, "-m", "venv", str(venv)]]
+    steps += [[str(python), "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels),
+               str(src or REPO)],
               [str(python), "-m", "pip", "install", "--quiet", "--force-reinstall", "--no-deps"],
               [str(python), "-m", "pip", "install", "--quiet"]]  # its dependencies, if missing
     for cmd in steps:
@@ -46,10 +50,12 @@ def install_ours() -> str | None:
             cmd = cmd + [str(w) for w in wheels.glob("spiro_deploy-*.whl")]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=WORK)
         if proc.returncode != 0:
+            if src is not None:
+                raise OSError(f"cannot install spiro-deploy from {src}: {_tail(proc.stderr)}")
             compile_ours()
             return f"could not install spiro-deploy from a wheel ({_tail(proc.stderr)}): measured " \
                    f"the development install, which starts about 13 ms slower"
-    _ours[:] = [str(OURS_VENV / "bin" / "spiro-deploy")]
+    _ours[:] = [str(venv / "bin" / "spiro-deploy")]
     return None
 
 

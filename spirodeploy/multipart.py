@@ -17,7 +17,8 @@ memory.  The framing itself is a few lines (RFC 7578).
 from __future__ import annotations
 
 import uuid
-from typing import IO, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import IO
 
 BLOCK = 1024 * 1024
 

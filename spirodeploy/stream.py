@@ -11,6 +11,17 @@ If the build fails half way, :meth:`BundleStream.chunks` raises its error
 instead of ending, so the request body is never completed: the client drops
 the connection before the closing boundary and the final chunk, and the
 server, which only acts on a whole request, deploys nothing.
+
+No memory is fresh per block, and the builder's blocks are not copied: the
+builder hands over its buffers themselves (:meth:`_QueueWriter.hand_over`)
+and gets each back once it was sent; other writers' blocks are copied into
+a few recycled buffers.  Blocks go out in pieces of :data:`PIECE` bytes:
+urllib3 copies each chunk it frames into a new bytes object, and a new
+object of 256 KiB or 1 MiB was fresh memory from the kernel nearly every
+time (above glibc's default mmap threshold and top pad, both 128 KiB).  A
+1 GiB deploy took 277,000 page faults and 1.6 s of system time with pieces
+of 256 KiB, 9,000 and 0.8 s with pieces of 64 KiB, whose copies reuse the
+same heap memory.
 """
 
 from __future__ import annotations
@@ -21,6 +32,10 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 #: Blocks of up to 1 MiB waiting for the connection (bounds memory).
 QUEUE_BLOCKS = 8
+#: The most bytes :meth:`BundleStream.chunks` yields at once (see the module's notes).
+PIECE = 64 * 1024
+#: The size of the recycled buffers (a bigger write gets a buffer of its own size).
+BUFFER = 1 << 20
 _END = None
 
 
@@ -37,11 +52,17 @@ class BundleStream:
     """
 
     def __init__(self, build: Callable[[BinaryIO], Any], blocks: int = QUEUE_BLOCKS):
-        self._queue: "queue.Queue[bytes | None]" = queue.Queue(maxsize=blocks)
+        # Items are (buffer, length, give_back: called with the buffer once it
+        # was sent, or None).
+        self._queue: "queue.Queue[tuple[Any, int, Any] | None]" = queue.Queue(maxsize=blocks)
+        self.blocks = blocks
+        # Buffers the connection is done with; at most blocks + 2 ever exist
+        # (the queue's, the one being sent, the one being filled).
+        self._free: "queue.SimpleQueue[bytearray]" = queue.SimpleQueue()
         self._cancelled = threading.Event()
         self.bundle: Any = None
         self.error: BaseException | None = None
-        self._first: "list[bytes | None] | None" = None
+        self._first: "list[tuple[Any, int, Any] | None] | None" = None
         self._thread = threading.Thread(target=self._run, args=(build,),
                                         name="spirodeploy-bundle-stream", daemon=True)
         self._thread.start()
@@ -54,7 +75,7 @@ class BundleStream:
         finally:
             self._put(_END)
 
-    def _put(self, item: "bytes | None") -> None:
+    def _put(self, item: "tuple[Any, int, Any] | None") -> None:
         while not self._cancelled.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
@@ -77,14 +98,25 @@ class BundleStream:
             if self.error is not None:
                 raise self.error
 
-    def chunks(self) -> Iterator[bytes]:
-        """The tar, block by block; raises the build's error rather than end short."""
+    def chunks(self) -> Iterator[memoryview]:
+        """The tar, in pieces of at most :data:`PIECE` bytes; raises the build's error
+        rather than end short.
+
+        Each piece is a view of a recycled buffer: it is valid until the next
+        piece is asked for (copy it to keep it).
+        """
         pending, self._first = self._first or [], []
         while True:
             item = pending.pop() if pending else self._queue.get()
             if item is _END:
                 break
-            yield item
+            buf, n, give_back = item
+            view = memoryview(buf)
+            for start in range(0, n, PIECE):
+                yield view[start:start + PIECE] if n - start > PIECE else view[start:n]
+            del view
+            if give_back is not None:
+                give_back(buf)
         self._thread.join()
         if self.error is not None:
             raise self.error
@@ -113,12 +145,42 @@ class _QueueWriter:
 
     def __init__(self, stream: BundleStream):
         self._stream = stream
+        #: How many buffers :meth:`hand_over` may hold at once: the queue's,
+        #: the one being sent, the one waiting for room in the queue.
+        self.holds = stream.blocks + 2
+
+    def hand_over(self, buf: Any, n: int, give_back: Callable[[Any], None]) -> None:
+        """Send the first ``n`` bytes of ``buf`` without copying them.
+
+        ``give_back(buf)`` is called once they were sent (never if the upload
+        stops first); until then the caller must not change ``buf``.
+        """
+        if n:
+            self._stream._put((buf, n, give_back))
+        else:
+            give_back(buf)
 
     def write(self, data: Any) -> int:
-        # The builder reuses its buffers, so the block is copied once here.
-        block = bytes(data)
-        self._stream._put(block)
-        return len(block)
+        n = len(data)
+        if not n:
+            return 0
+        if type(data) is bytes:  # immutable: handed on as it is
+            self._stream._put((data, n, None))
+            return n
+        # The writer may reuse its buffer (the builder's tee to --output
+        # does), so the block is copied here, into a buffer the connection
+        # gave back (no fresh pages to fault in).
+        free = self._stream._free
+        buf = None
+        while buf is None and not free.empty():
+            buf = free.get()
+            if len(buf) < n:
+                buf = None
+        if buf is None:
+            buf = bytearray(max(n, BUFFER))
+        buf[:n] = data
+        self._stream._put((buf, n, free.put))
+        return n
 
     def flush(self) -> None:
         pass

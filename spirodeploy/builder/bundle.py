@@ -242,7 +242,8 @@ def build_bundle(root=".", *, artifacts: Iterable = (), include_source=None,
                 state = "has no files" if os.path.lexists(salt_abs) else "does not exist"
                 raise BundleError(
                     f"{show(salt_abs)} {state}: a deploy replaces the whole saltenv, so this "
-                    "bundle would wipe it; use --allow-empty to deploy it anyway")
+                    "bundle would wipe it", setting="allow_empty",
+                    fix="; use {allow_empty} to deploy it anyway")
             if builder.salt_file_count == 0:
                 warnings.append("the bundle has no files from _salt: deploying it empties "
                                 "the saltenv")

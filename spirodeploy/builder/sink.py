@@ -65,7 +65,9 @@ class Sink:
     The main thread reads files straight into the free tail of the current
     buffer (:meth:`tail`/:meth:`commit`), so file data is copied once; the
     worker hashes the whole stream and writes it out while the main thread
-    goes on reading.  At most ``NBUFFERS`` buffers exist, which bounds memory.
+    goes on reading.  At most ``NBUFFERS`` buffers exist, which bounds memory
+    (plus ``out.holds`` for a writer that takes the buffers themselves and
+    gives them back once sent: the upload queue, :mod:`spirodeploy.stream`).
     """
 
     def __init__(self, out, chunk: int = CHUNK, nbuffers: int = NBUFFERS,
@@ -74,6 +76,13 @@ class Sink:
         # A writer that takes each write as one block (the upload queue of a
         # streamed deploy) gets whole buffers; files get WRITE_MAX at a time.
         self._write_max = chunk if getattr(out, "whole_writes", False) else WRITE_MAX
+        # One that can hold a buffer until it is done with it (the upload
+        # queue: ``hand_over(buffer, length, give_back)``) gets the buffers
+        # themselves, not a copy; it holds up to ``out.holds`` of them, so
+        # there are that many more, and memory stays bounded.
+        self._hand_over = getattr(out, "hand_over", None) if threaded else None
+        if self._hand_over is not None:
+            nbuffers += getattr(out, "holds", 0)
         self.chunk = chunk
         self.sha = hashlib.sha256() if hashing else None
         self._flushed = 0
@@ -117,6 +126,11 @@ class Sink:
                 mv = memoryview(buf)[:n]
                 if self.sha is not None and not hashed:
                     self.sha.update(mv)
+                if self._hand_over is not None:
+                    del mv
+                    # The upload gives the buffer back once it has sent it.
+                    self._hand_over(buf, n, self._free.put)
+                    return
                 write_all(self._out.write, mv, self._write_max)
                 del mv
             except BaseException as e:  # reported to the main thread

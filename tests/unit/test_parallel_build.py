@@ -24,9 +24,9 @@ def make_tree(root, count=300):
     (salt / "app.sls").write_text("app: {}\n")
     src = root / "src"
     for i in range(count):
-        d = src / ("d%02d" % (i % 7))
+        d = src / f"d{i % 7:02d}"
         d.mkdir(parents=True, exist_ok=True)
-        (d / ("f%04d.txt" % i)).write_bytes(b"x" * (i * 37 % 1500) + b"\n")
+        (d / f"f{i:04d}.txt").write_bytes(b"x" * (i * 37 % 1500) + b"\n")
     tail = src / "zz"            # sorts last: lands in the child's half
     tail.mkdir()
     (tail / "big.bin").write_bytes(os.urandom(SMALL + 4096))        # large-file path
@@ -130,7 +130,7 @@ def test_an_error_in_the_childs_half_is_raised_as_in_a_serial_build(tmp_path, fo
 
 def test_no_fork_while_other_threads_run(monkeypatch):
     monkeypatch.setattr(parallel, "PARALLEL_MIN", 2)
-    names = ["n%d" % i for i in range(10)]
+    names = [f"n{i}" for i in range(10)]
     with monkeypatch.context() as alone:  # pytest itself may run helper threads
         alone.setattr(parallel.threading, "active_count", lambda: 1)
         assert parallel.fork_split(names) == int(10 * parallel.PARENT_SHARE)
