@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test demo bench venv clean dist dist-check
+.PHONY: test demo bench venv browser lint clean dist dist-check test-matrix test-image check-python-floor
 
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,37 @@ $(VENV)/.installed: setup.py pyproject.toml
 
 venv: $(VENV)/.installed
 
-## Run the whole test suite (unit tests, and integration tests against a real
-## Salt master + minion running the SpiroFS server on loopback).
-test: venv
+## Debian's chromium, for the HTML report's browser tests: installed when
+## missing and we may (root with apt-get), else a clear message.
+browser:
+	@[ -x /usr/bin/chromium ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || { echo "make test needs Debian's chromium (/usr/bin/chromium): apt-get install chromium" >&2; exit 1; }
+
+## Lint: ruff (ruff.toml), the one style for the repository.
+lint: venv
+	$(PY) -m ruff check .
+
+## Run the whole test suite (lint, unit tests, and integration tests against a
+## real Salt master + minion running the SpiroFS server on loopback).
+test: venv browser
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory dist-check
+
+## The suite on every supported Salt and Python version, each in its own
+## .venv-<leg> (.ci/matrix.py --list shows the legs).
+test-matrix:
+	$(PYTHON) .ci/matrix.py
+
+## Build the container image with podman and smoke-test it (root; installs
+## podman, mmdebstrap and runc from Debian's packages if missing).
+test-image: venv
+	$(PY) -m pytest -m image tests/integration/test_image.py
+
+## Static check that the library, CLI and Salt modules need no Python newer than 3.10.
+check-python-floor: venv
+	$(PY) -m vermin --target=3.10- --violations --no-tips --eval-annotations spirodeploy _modules _runners _states
 
 ## Deploy examples/hello through a throwaway local master + minion + SpiroFS.
 demo: venv
@@ -52,4 +78,4 @@ dist-check: dist
 	$(DIST_PY) .ci/check_dist.py dist
 
 clean:
-	rm -rf $(VENV) .cache build dist *.egg-info
+	rm -rf $(VENV) .venv-* .cache build dist *.egg-info

@@ -37,9 +37,9 @@ WHEEL_NEEDS = [
     "spirodeploy/__init__.py",
     "spirodeploy/cli.py",
     "spirodeploy/saltloader.py",
-    "spirodeploy/salt_modules/spirodeploy.py",
-    "spirodeploy/salt_runners/spirodeploy.py",
-    "spirodeploy/salt_states/spirodeploy.py",
+    "spirodeploy/salt_modules/spirodeploy_mod.py",
+    "spirodeploy/salt_runners/spirodeploy_mod.py",
+    "spirodeploy/salt_states/spirodeploy_mod.py",
     "spirodeploy/salt_output/spirodeploy_progress.py",
 ]
 ENTRY_POINTS = [

@@ -41,11 +41,9 @@ then the environment variables ``SPIRO_URL``, ``SPIRO_TOKEN_FILE`` and
     contain the token.
 """
 
-import functools
 import importlib
 import logging
 import os
-import sys
 
 log = logging.getLogger(__name__)
 
@@ -57,48 +55,24 @@ INSTALL_HINT = (
 )
 
 
-def _import_library():
-    """Import the spirodeploy library, never this very file.
-
-    While it loads a module, Salt appends the module's directory to
-    ``sys.path``.  This file is named ``spirodeploy.py``, so where the
-    library is only importable through a meta-path finder (an editable
-    install), a plain ``import spirodeploy`` would find this file instead.
-    """
-    here = os.path.dirname(os.path.abspath(__file__))
-    hidden = [(i, p) for i, p in enumerate(sys.path) if os.path.abspath(p or os.curdir) == here]
-    for index, _ in reversed(hidden):
-        del sys.path[index]
-    try:
-        names = ("errors", "saltsupport", "state")
-        return [importlib.import_module(f"spirodeploy.{name}") for name in names]
-    finally:
-        for index, path in hidden:
-            sys.path.insert(index, path)
-
-
 try:
-    errors, saltsupport, spirostate = _import_library()
+    from spirodeploy import errors, saltface, saltsupport
+    from spirodeploy import state as spirostate
+    from spirodeploy.saltface import in_salt_terms as _salt_terms
+
     LIBRARY_ERROR = None
 except ImportError as exc:  # pragma: no cover - exercised through __virtual__
     LIBRARY_ERROR = str(exc)
+    log.debug("spirodeploy library not importable: %s", LIBRARY_ERROR)
+
+    def _salt_terms(func):  # the file still loads, so that __virtual__ can say why not
+        return func
 
 
 def __virtual__():
     if LIBRARY_ERROR is not None:
-        log.debug("spirodeploy library not importable: %s", LIBRARY_ERROR)
         return False, INSTALL_HINT
-    return __virtualname__
-
-
-def _salt_terms(func):
-    """Run ``func`` so that its errors name Salt's settings, not the CLI's flags."""
-    @functools.wraps(func)  # the loader reads the arguments through __wrapped__
-    def in_salt_terms(*args, **kwargs):
-        with saltsupport.salt_terms():
-            return func(*args, **kwargs)
-
-    return in_salt_terms
+    return saltface.virtual(__virtualname__)
 
 
 @_salt_terms
@@ -269,7 +243,7 @@ def deploy(
         recorded = {}
     ret = _with_history(_finish(report, token, settings, warnings), recorded, token, settings)
     return write_for_salt(ret, report, *report_files,
-                          secrets=[token, *saltsupport.tokens_of(settings)])
+                          secrets=saltface.secrets_of(token, settings))
 
 
 @_salt_terms
@@ -394,9 +368,7 @@ def bundle(root, output, artifacts=None, include_source=None, allow_empty=False,
                 ret["files"] = list(built.manifest.get("files", []))
             return ret
     except errors.SpiroDeployError as exc:
-        __context__["retcode"] = int(exc.exit_code)
-        return {"result": False, "output": output, "error": exc.message,
-                "exit_code": int(exc.exit_code)}
+        return saltface.failure(exc, __context__, output=output)
 
 
 @_salt_terms
@@ -430,10 +402,9 @@ def check_token(server=None, token=None, token_file=None, ssl_cert=None, insecur
                              connect_timeout)
         ret = saltsupport.check_token(settings, project=project)
     except errors.SpiroDeployError as exc:
-        __context__["retcode"] = int(exc.exit_code)
-        ret = {"result": False, "server": saltsupport.shown_server(settings, server),
-               "error": exc.message, "exit_code": int(exc.exit_code)}
-    return saltsupport.scrub(ret, [token, *saltsupport.tokens_of(settings)])
+        ret = saltface.failure(exc, __context__,
+                               server=saltsupport.shown_server(settings, server))
+    return saltsupport.scrub(ret, saltface.secrets_of(token, settings))
 
 
 @_salt_terms
@@ -507,24 +478,14 @@ def _exclude(exclude, token_file):
 
 
 def _event_callback(project, deployment, settings, fire_events):
-    if not fire_events:
-        return None
-    secrets = saltsupport.tokens_of(settings)
-
-    def on_event(event, data, report):  # pylint: disable=unused-argument
-        tag, payload = saltsupport.bus_event(project, deployment, event, data, secrets)
-        # event.send: to the master's bus (spirodeploy/ itself never imports Salt).
-        saltsupport.fire_event(__opts__, __salt__.get("event.send"), tag, payload)
-
-    return on_event
+    # event.send: to the master's bus (spirodeploy/ itself never imports Salt).
+    return saltface.event_callback(project, deployment, settings, __opts__,
+                                   __salt__.get("event.send"), fire=fire_events)
 
 
 def _finish(report, token, settings, warnings):
-    ret = report.to_dict()
-    ret["warnings"] = list(warnings)
-    if not report.succeeded:
-        __context__["retcode"] = int(report.exit_code)
-    return saltsupport.scrub(ret, [token, *saltsupport.tokens_of(settings)])
+    return saltface.finish(report, __context__, secrets=saltface.secrets_of(token, settings),
+                           warnings=warnings)
 
 
 # --- tokens (issue 12) -----------------------------------------------------------
@@ -577,15 +538,8 @@ def narrow_token(projects, lifetime, not_before=None, output=None, token=None, t
         ret = importlib.import_module("spirodeploy.tokens").narrow_result(
             settings.token, projects, lifetime, not_before=not_before, output=output)
     except errors.SpiroDeployError as exc:
-        __context__["retcode"] = int(exc.exit_code)
-        ret = {"result": False, "error": exc.message, "exit_code": int(exc.exit_code)}
-    # The narrowed token starts with the same packets as the source token, so
-    # masking runs of the source would mangle it: it is the one value kept.
-    narrowed = ret.pop("token", None)
-    ret = saltsupport.scrub(ret, [token, *saltsupport.tokens_of(settings)])
-    if narrowed is not None:
-        ret["token"] = narrowed
-    return ret
+        ret = saltface.failure(exc, __context__)
+    return saltface.scrub_narrowed(ret, saltface.secrets_of(token, settings))
 
 
 @_salt_terms
@@ -613,9 +567,8 @@ def inspect_token(token=None, token_file=None):
         ret = {"result": True,
                **importlib.import_module("spirodeploy.tokens").inspect(settings.token)}
     except errors.SpiroDeployError as exc:
-        __context__["retcode"] = int(exc.exit_code)
-        ret = {"result": False, "error": exc.message, "exit_code": int(exc.exit_code)}
-    return saltsupport.scrub(ret, [token, *saltsupport.tokens_of(settings)])
+        ret = saltface.failure(exc, __context__)
+    return saltsupport.scrub(ret, saltface.secrets_of(token, settings))
 
 
 # --- history, rollback, promotion (issue 15) ---------------------------------------
@@ -667,9 +620,8 @@ def history(project, deployment, limit=None, history_dir=None):
         ret.update(result=True, warnings=warnings)
         return ret
     except errors.SpiroDeployError as exc:
-        __context__["retcode"] = int(exc.exit_code)
-        return {"result": False, "project": project, "deployment": deployment,
-                "error": exc.message, "exit_code": int(exc.exit_code), "warnings": warnings}
+        return dict(saltface.failure(exc, __context__, project=project, deployment=deployment),
+                    warnings=warnings)
 
 
 @_salt_terms
@@ -827,7 +779,7 @@ def _recorded(project, deployment, settings, run, rollback_on_failure, highstate
 
 
 def _with_history(ret, extra, token, settings):
-    ret.update(saltsupport.scrub(extra, [token, *saltsupport.tokens_of(settings)]))
+    ret.update(saltsupport.scrub(extra, saltface.secrets_of(token, settings)))
     return ret
 
 

@@ -26,11 +26,9 @@ A token given as an argument is stored in the master's job cache with the
 other arguments; use the configuration or ``SPIRO_TOKEN_FILE``.
 """
 
-import functools
 import importlib
 import logging
 import os
-import sys
 
 log = logging.getLogger(__name__)
 
@@ -42,42 +40,24 @@ INSTALL_HINT = (
 )
 
 
-def _import_library():
-    """Import the spirodeploy library, never this very file (see the module's twin)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    hidden = [(i, p) for i, p in enumerate(sys.path) if os.path.abspath(p or os.curdir) == here]
-    for index, _ in reversed(hidden):
-        del sys.path[index]
-    try:
-        names = ("errors", "saltsupport", "rollout")
-        return [importlib.import_module(f"spirodeploy.{name}") for name in names]
-    finally:
-        for index, path in hidden:
-            sys.path.insert(index, path)
-
-
 try:
-    errors, saltsupport, spirorollout = _import_library()
+    from spirodeploy import errors, saltface, saltsupport
+    from spirodeploy import rollout as spirorollout
+    from spirodeploy.saltface import in_salt_terms as _salt_terms
+
     LIBRARY_ERROR = None
 except ImportError as exc:  # pragma: no cover - exercised through __virtual__
     LIBRARY_ERROR = str(exc)
+    log.debug("spirodeploy library not importable: %s", LIBRARY_ERROR)
+
+    def _salt_terms(func):  # the file still loads, so that __virtual__ can say why not
+        return func
 
 
 def __virtual__():
     if LIBRARY_ERROR is not None:
-        log.debug("spirodeploy library not importable: %s", LIBRARY_ERROR)
         return False, INSTALL_HINT
-    return __virtualname__
-
-
-def _salt_terms(func):
-    """Run ``func`` so that its errors name Salt's settings, not the CLI's flags."""
-    @functools.wraps(func)  # the loader reads the arguments through __wrapped__
-    def in_salt_terms(*args, **kwargs):
-        with saltsupport.salt_terms():
-            return func(*args, **kwargs)
-
-    return in_salt_terms
+    return saltface.virtual(__virtualname__)
 
 
 @_salt_terms
@@ -230,18 +210,15 @@ def deploy(
         report = saltsupport.error_report(project, deployment, exc, highstate=do_highstate)
         recorded = {}
     printer.finish(report)
-    ret = report.to_dict()
-    ret.update(recorded)
     if recorded.get("comment"):
         printer.warn(recorded["comment"])
-    ret["warnings"] = warnings
-    ret["retcode"] = int(report.exit_code)
-    if ret["retcode"]:
-        __context__["retcode"] = ret["retcode"]
     from spirodeploy.reportfiles import write_for_salt
 
-    write_for_salt(ret, report, *report_files, secrets=[token, *saltsupport.tokens_of(settings)])
-    return saltsupport.scrub(ret, [token, *saltsupport.tokens_of(settings)])
+    secrets = saltface.secrets_of(token, settings)
+    ret = saltface.finish(report, __context__, secrets=secrets, warnings=warnings,
+                          extra=recorded, retcode=True)
+    # Scrubbed again: the report files' paths and errors are added after.
+    return saltsupport.scrub(write_for_salt(ret, report, *report_files, secrets=secrets), secrets)
 
 
 @_salt_terms
@@ -274,11 +251,9 @@ def check_token(server=None, token=None, token_file=None, ssl_cert=None, insecur
         ret = saltsupport.check_token(settings, project=project)
         ret["retcode"] = 0
     except errors.SpiroDeployError as exc:
-        ret = {"result": False, "server": saltsupport.shown_server(settings, server),
-               "error": exc.message, "exit_code": int(exc.exit_code),
-               "retcode": int(exc.exit_code)}
-        __context__["retcode"] = ret["retcode"]
-    return saltsupport.scrub(ret, [token, *saltsupport.tokens_of(settings)])
+        ret = saltface.failure(exc, __context__, retcode=True,
+                               server=saltsupport.shown_server(settings, server))
+    return saltsupport.scrub(ret, saltface.secrets_of(token, settings))
 
 
 # --- helpers -------------------------------------------------------------------
@@ -317,15 +292,9 @@ def _progress(line):
 
 
 def _event_callback(project, deployment, settings, printer, fire_events):
-    secrets = saltsupport.tokens_of(settings)
-
-    def on_event(event, data, report):
-        printer.event(event, data, report)
-        if fire_events:
-            tag, payload = saltsupport.bus_event(project, deployment, event, data, secrets)
-            saltsupport.fire_event(__opts__, __salt__.get("event.send"), tag, payload)
-
-    return on_event
+    return saltface.event_callback(project, deployment, settings, __opts__,
+                                   __salt__.get("event.send"), fire=fire_events,
+                                   printer=printer)
 
 
 # --- tokens (issue 12) -----------------------------------------------------------
@@ -378,16 +347,8 @@ def narrow_token(projects, lifetime, not_before=None, output=None, token=None, t
             settings.token, projects, lifetime, not_before=not_before, output=output)
         ret["retcode"] = 0
     except errors.SpiroDeployError as exc:
-        ret = {"result": False, "error": exc.message, "exit_code": int(exc.exit_code),
-               "retcode": int(exc.exit_code)}
-        __context__["retcode"] = ret["retcode"]
-    # The narrowed token starts with the same packets as the source token, so
-    # masking runs of the source would mangle it: it is the one value kept.
-    narrowed = ret.pop("token", None)
-    ret = saltsupport.scrub(ret, [token, *saltsupport.tokens_of(settings)])
-    if narrowed is not None:
-        ret["token"] = narrowed
-    return ret
+        ret = saltface.failure(exc, __context__, retcode=True)
+    return saltface.scrub_narrowed(ret, saltface.secrets_of(token, settings))
 
 
 @_salt_terms
@@ -415,10 +376,8 @@ def inspect_token(token=None, token_file=None):
         ret = {"result": True, "retcode": 0,
                **importlib.import_module("spirodeploy.tokens").inspect(settings.token)}
     except errors.SpiroDeployError as exc:
-        ret = {"result": False, "error": exc.message, "exit_code": int(exc.exit_code),
-               "retcode": int(exc.exit_code)}
-        __context__["retcode"] = ret["retcode"]
-    return saltsupport.scrub(ret, [token, *saltsupport.tokens_of(settings)])
+        ret = saltface.failure(exc, __context__, retcode=True)
+    return saltsupport.scrub(ret, saltface.secrets_of(token, settings))
 
 
 # --- staged rollouts -------------------------------------------------------------
@@ -931,13 +890,8 @@ def _replay(project, deployment, highstate, history_dir, fire_events, token, con
     except errors.SpiroDeployError as exc:
         report = saltsupport.error_report(project, deployment, exc, highstate=do_highstate)
     printer.finish(report)
-    ret = report.to_dict()
-    ret.update(extra)
-    ret["warnings"] = warnings
-    ret["retcode"] = int(report.exit_code)
-    if ret["retcode"]:
-        __context__["retcode"] = ret["retcode"]
-    return saltsupport.scrub(ret, [token, *saltsupport.tokens_of(settings)])
+    return saltface.finish(report, __context__, secrets=saltface.secrets_of(token, settings),
+                           warnings=warnings, extra=extra, retcode=True)
 
 
 def _store(history_dir, warnings):

@@ -37,12 +37,9 @@ is deployed again anyway, so the server highstates its minions again
 """
 
 import contextvars
-import functools
-import importlib
 import inspect
 import logging
 import os
-import sys
 
 log = logging.getLogger(__name__)
 
@@ -54,44 +51,24 @@ INSTALL_HINT = (
 )
 
 
-def _import_library():
-    """Import the spirodeploy library, never this very file (see the module's twin)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    hidden = [(i, p) for i, p in enumerate(sys.path) if os.path.abspath(p or os.curdir) == here]
-    for index, _ in reversed(hidden):
-        del sys.path[index]
-    try:
-        names = ("errors", "saltsupport", "state")
-        return [importlib.import_module(f"spirodeploy.{name}") for name in names]
-    finally:
-        for index, path in hidden:
-            sys.path.insert(index, path)
-
-
 try:
-    errors, saltsupport, spirostate = _import_library()
+    from spirodeploy import errors, saltface, saltsupport
+    from spirodeploy import state as spirostate
+    from spirodeploy.saltface import in_salt_terms as _salt_terms
+
     LIBRARY_ERROR = None
 except ImportError as exc:  # pragma: no cover - exercised through __virtual__
     LIBRARY_ERROR = str(exc)
+    log.debug("spirodeploy library not importable: %s", LIBRARY_ERROR)
+
+    def _salt_terms(func):  # the file still loads, so that __virtual__ can say why not
+        return func
 
 
 def __virtual__():
     if LIBRARY_ERROR is not None:
-        log.debug("spirodeploy library not importable: %s", LIBRARY_ERROR)
         return False, INSTALL_HINT
-    if "spirodeploy.status" not in __salt__:
-        return False, "the spirodeploy execution module is not available (saltutil.sync_modules)"
-    return __virtualname__
-
-
-def _salt_terms(func):
-    """Run ``func`` so that its errors name Salt's settings, not the CLI's flags."""
-    @functools.wraps(func)  # the loader reads the arguments through __wrapped__
-    def in_salt_terms(*args, **kwargs):
-        with saltsupport.salt_terms():
-            return func(*args, **kwargs)
-
-    return in_salt_terms
+    return saltface.virtual(__virtualname__, needs="spirodeploy.status", functions=__salt__)
 
 
 @_salt_terms
@@ -410,14 +387,7 @@ def _describe(files, total):
 
 
 def _fire_callback(project, deployment, settings):
-    send = _event_sender()
-
-    def on_event(event, data, report):  # pylint: disable=unused-argument
-        tag, payload = saltsupport.bus_event(project, deployment, event, data,
-                                             saltsupport.tokens_of(settings))
-        saltsupport.fire_event(__opts__, send, tag, payload)
-
-    return on_event
+    return saltface.event_callback(project, deployment, settings, __opts__, _event_sender())
 
 
 def _event_sender():

@@ -24,7 +24,7 @@ import os
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 #: Each kind of Salt module: the file that must be there.
-_MODULE_FILE = "spirodeploy.py"
+_MODULE_FILE = "spirodeploy_mod.py"
 
 
 def _dirs(kind: str, module_file: str = _MODULE_FILE) -> list[str]:

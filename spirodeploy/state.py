@@ -1,6 +1,6 @@
 """What is deployed, and what a deploy would change: the logic of ``spirodeploy.deployed``.
 
-The Salt state (``_states/spirodeploy.py``) reads the deployed manifest
+The Salt state (``_states/spirodeploy_mod.py``) reads the deployed manifest
 through Salt's fileserver and passes the text here; everything else, the
 local record of past deploys, the comparison and the words of the state's
 return, is plain Python and needs no Salt.

@@ -33,8 +33,8 @@ def salt_ext(spiro_bed):
         for kind in ("_modules", "_runners", "_states"):
             dest = file_root / kind
             dest.mkdir(exist_ok=True)
-            shutil.copy2(REPO / kind / "spirodeploy.py", dest / "spirodeploy.py")
-            copied.append(dest / "spirodeploy.py")
+            shutil.copy2(REPO / kind / "spirodeploy_mod.py", dest / "spirodeploy_mod.py")
+            copied.append(dest / "spirodeploy_mod.py")
         pillar = {"spirodeploy": {"server": spiro_bed.https_url, "token": spiro_bed.root_token,
                                   "ssl_cert": str(spiro_bed.ca_cert)}}
         stack.enter_context(master.pillar_tree.base.temp_file(

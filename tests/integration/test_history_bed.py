@@ -216,9 +216,9 @@ def runner(spiro_bed):
     repo = Path(__file__).resolve().parents[2]
     dest = Path(spiro_bed.master.config["file_roots"]["base"][0]) / "_runners"
     dest.mkdir(exist_ok=True)
-    target = dest / "spirodeploy.py"
+    target = dest / "spirodeploy_mod.py"
     created = not target.exists()
-    shutil.copy2(repo / "_runners" / "spirodeploy.py", target)
+    shutil.copy2(repo / "_runners" / "spirodeploy_mod.py", target)
     synced = spiro_bed.salt_run_cli.run("saltutil.sync_runners")
     assert synced.returncode == 0, synced
     yield [f"server={spiro_bed.https_url}", f"ssl_cert={spiro_bed.ca_cert}"]

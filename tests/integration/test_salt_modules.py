@@ -29,15 +29,14 @@ is how a fleet of build hosts would do it anyway.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO, call, sync_minion
+
 HIGHSTATE_EVENTS = ["deploy-bundle", "highstate-calc", "highstate-start", "highstate-update",
                     "highstate-finish"]
 GREETING = "Hello from spiro-deploy!"
@@ -110,38 +109,6 @@ def assert_token_not_on_the_bus(spiro_bed, event_listener, since: float) -> None
 
 
 @pytest.fixture(scope="module")
-def salt_ext(spiro_bed):
-    """Sync the modules through the master's file_roots, and put the settings in pillar."""
-    master = spiro_bed.master
-    file_root = Path(master.config["file_roots"]["base"][0])
-    copied = []
-    with contextlib.ExitStack() as stack:
-        for kind in ("_modules", "_runners", "_states"):
-            dest = file_root / kind
-            dest.mkdir(exist_ok=True)
-            shutil.copy2(REPO / kind / "spirodeploy.py", dest / "spirodeploy.py")
-            copied.append(dest / "spirodeploy.py")
-        pillar = {"spirodeploy": {"server": spiro_bed.https_url, "token": spiro_bed.root_token,
-                                  "ssl_cert": str(spiro_bed.ca_cert)}}
-        stack.enter_context(master.pillar_tree.base.temp_file(
-            "top.sls", "base:\n  '*':\n    - spirodeploy_itest\n"))
-        stack.enter_context(master.pillar_tree.base.temp_file(
-            "spirodeploy_itest.sls", json.dumps(pillar)))
-
-        # saltenv=base: without it, Salt syncs from the saltenvs the minion's top
-        # files match, which are the SpiroFS deployments once anything is deployed.
-        minion_sync = spiro_bed.salt_call_cli.run("saltutil.sync_all", saltenv="base")
-        assert minion_sync.returncode == 0, minion_sync
-        master_sync = spiro_bed.salt_run_cli.run("saltutil.sync_all")
-        assert master_sync.returncode == 0, master_sync
-        refresh = spiro_bed.salt_call_cli.run("saltutil.refresh_pillar", wait=True)
-        assert refresh.returncode == 0, refresh
-        yield {"minion_sync": minion_sync.data, "master_sync": master_sync.data}
-        for path in copied:
-            path.unlink()
-
-
-@pytest.fixture(scope="module")
 def project(spiro_bed, tmp_path_factory):
     return spiro_bed.make_project(tmp_path_factory.mktemp("salt-project"))
 
@@ -151,25 +118,12 @@ def failing_project(spiro_bed, tmp_path_factory):
     return spiro_bed.make_project(tmp_path_factory.mktemp("salt-failing"), fail=True)
 
 
-def call(spiro_bed, *args, **kwargs):
-    return spiro_bed.salt_call_cli.run(*args, **kwargs)
-
-
-def sync_minion(spiro_bed) -> None:
-    ret = call(spiro_bed, "saltutil.sync_all", saltenv="base")
-    assert ret.returncode == 0, ret
-
-
-@pytest.fixture
-def synced(spiro_bed, salt_ext):
-    """The minion has the modules synced (an earlier highstate may have removed them)."""
-    sync_minion(spiro_bed)
-
-
 def test_sync_all_route_installs_the_modules(spiro_bed, salt_ext):
     minion = salt_ext["minion_sync"]
-    assert "modules.spirodeploy" in minion["modules"] and "states.spirodeploy" in minion["states"]
-    assert "runners.spirodeploy" in salt_ext["master_sync"]["runners"]
+    # The sync reports file names; Salt loads them as spirodeploy (__virtualname__).
+    assert "modules.spirodeploy_mod" in minion["modules"]
+    assert "states.spirodeploy_mod" in minion["states"]
+    assert "runners.spirodeploy_mod" in salt_ext["master_sync"]["runners"]
     ret = call(spiro_bed, "sys.list_functions", "spirodeploy")
     assert ret.data == public_functions("_modules")
     assert {"spirodeploy.deploy", "spirodeploy.upload", "spirodeploy.status"} <= set(ret.data)
@@ -184,7 +138,7 @@ def public_functions(face: str) -> list[str]:
     """What Salt should list for a face: its public top-level functions."""
     import ast
 
-    tree = ast.parse((REPO / face / "spirodeploy.py").read_text())
+    tree = ast.parse((REPO / face / "spirodeploy_mod.py").read_text())
     return sorted(f"spirodeploy.{node.name}" for node in tree.body
                   if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"))
 

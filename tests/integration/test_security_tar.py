@@ -189,11 +189,11 @@ def victim(spiro_bed, workdir) -> dict:
 def salt_upload(spiro_bed):
     """The execution module synced to the minion from the master's file_roots."""
     file_root = Path(spiro_bed.master.config["file_roots"]["base"][0])
-    dest = file_root / "_modules" / "spirodeploy.py"
+    dest = file_root / "_modules" / "spirodeploy_mod.py"
     dest.parent.mkdir(exist_ok=True)
     existed = dest.exists()
     if not existed:
-        shutil.copy2(REPO / "_modules" / "spirodeploy.py", dest)
+        shutil.copy2(REPO / "_modules" / "spirodeploy_mod.py", dest)
     try:
         ret = spiro_bed.salt_call_cli.run("saltutil.sync_modules", saltenv="base")
         assert ret.returncode == 0, ret

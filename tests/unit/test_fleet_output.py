@@ -347,7 +347,7 @@ def test_the_runner_names_the_outputter_in_its_progress_events():
         def fire_event(self, data, suffix):
             fired.append((suffix, data))
 
-    runner = load("_runners/spirodeploy.py", "spirodeploy_runner_test", __jid_event__=JidEvent())
+    runner = load("_runners/spirodeploy_mod.py", "spirodeploy_runner_test", __jid_event__=JidEvent())
     runner._progress("Deploying bundle")
     assert fired == [("progress", {"message": "Deploying bundle",
                                    "outputter": "spirodeploy_progress"})]

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 PROJECT = PYPROJECT["project"]
 README = (REPO / "README.md").read_text(encoding="utf-8")
-SALT_FILES = ["_modules/spirodeploy.py", "_runners/spirodeploy.py", "_states/spirodeploy.py"]
+SALT_FILES = ["_modules/spirodeploy_mod.py", "_runners/spirodeploy_mod.py", "_states/spirodeploy_mod.py"]
 
 
 def minimum_version() -> str:

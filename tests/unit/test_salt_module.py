@@ -1,4 +1,4 @@
-"""The ``spirodeploy`` execution module (_modules/spirodeploy.py), with the loader
+"""The ``spirodeploy`` execution module (_modules/spirodeploy_mod.py), with the loader
 dunders supplied by salt-factories' ``configure_loader_modules`` fixture and the
 fake SpiroFS server in tests/fakeserver.py."""
 
@@ -18,8 +18,8 @@ from tests.fakeserver import highstate_events, sse
 
 
 def load_salt_file(kind: str, name: str):
-    """Import _<kind>/spirodeploy.py as a plain module named ``name``."""
-    path = REPO / f"_{kind}" / "spirodeploy.py"
+    """Import _<kind>/spirodeploy_mod.py as a plain module named ``name``."""
+    path = REPO / f"_{kind}" / "spirodeploy_mod.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -113,7 +113,7 @@ def test_virtual_when_spirodeploy_cannot_be_imported(tmp_path):
     """Really without the library: a Python that only sees the Salt file."""
     import subprocess
 
-    path = str(REPO / "_modules" / "spirodeploy.py")
+    path = str(REPO / "_modules" / "spirodeploy_mod.py")
     code = (
         "import importlib.util, sys\n"
         "sys.modules['spirodeploy'] = None\n"  # makes 'import spirodeploy' fail
@@ -126,20 +126,23 @@ def test_virtual_when_spirodeploy_cannot_be_imported(tmp_path):
 
 
 def test_the_library_is_imported_even_with_this_directory_on_sys_path(monkeypatch):
-    """Salt appends the module's own directory to sys.path while loading it."""
+    """Salt appends the face's own directory to sys.path while loading it: no file
+    there may shadow the ``spirodeploy`` package (hence ``spirodeploy_mod.py``)."""
     monkeypatch.setattr(sys, "path", [str(REPO / "_modules")] + sys.path)
     saved = {name: mod for name, mod in sys.modules.items()
              if name == "spirodeploy" or name.startswith("spirodeploy.")}
     for name in saved:
         monkeypatch.delitem(sys.modules, name)
     try:
-        errors, saltsupport, state = spiromod._import_library()
-        assert errors.__name__ == "spirodeploy.errors"
+        face = load_salt_file("modules", "salt_ext_spirodeploy_on_sys_path")
+        assert face.LIBRARY_ERROR is None
+        assert face.errors.__name__ == "spirodeploy.errors"
         assert hasattr(sys.modules["spirodeploy"], "__path__")
-        assert sys.path[0] == str(REPO / "_modules")
+        assert face.__virtual__() == "spirodeploy"
     finally:
         for name in [n for n in sys.modules if n == "spirodeploy" or n.startswith("spirodeploy.")]:
             del sys.modules[name]
+        sys.modules.pop("salt_ext_spirodeploy_on_sys_path", None)
         sys.modules.update(saved)
 
 

@@ -1,4 +1,4 @@
-"""The ``spirodeploy`` runner (_runners/spirodeploy.py), with ``__opts__`` (the
+"""The ``spirodeploy`` runner (_runners/spirodeploy_mod.py), with ``__opts__`` (the
 master configuration), ``__context__`` and ``__jid_event__`` supplied by
 ``configure_loader_modules``, against the fake SpiroFS server."""
 

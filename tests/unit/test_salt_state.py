@@ -1,4 +1,4 @@
-"""The ``spirodeploy.deployed`` state (_states/spirodeploy.py), with loader dunders
+"""The ``spirodeploy.deployed`` state (_states/spirodeploy_mod.py), with loader dunders
 from ``configure_loader_modules``: the execution module provides
 ``spirodeploy.status``, and a fake fileserver serves, like SpiroFS does, the
 last bundle the fake server received."""

@@ -452,7 +452,7 @@ def test_saltloader_finds_the_checkout_dirs():
 def test_saltloader_prefers_the_installed_layout(tmp_path, monkeypatch):
     package = tmp_path / "spirodeploy"
     (package / "salt_modules").mkdir(parents=True)
-    (package / "salt_modules" / "spirodeploy.py").write_text("")
+    (package / "salt_modules" / "spirodeploy_mod.py").write_text("")
     monkeypatch.setattr(saltloader, "_PACKAGE_DIR", str(package))
     assert saltloader.module_dirs() == [str(package / "salt_modules")]
     assert saltloader.states_dirs() == []

@@ -1,4 +1,4 @@
-"""Compatibility shim: run spirofs 0.3 (written for Salt 2018.3-3002) on Salt 3008.
+"""Compatibility shim: run spirofs 0.3 (written for Salt 2018.3-3002) on Salt 3006-3008.
 
 This is ours, not spirofs code. It is loaded only by the test bed's and the
 demo's salt-master and salt-run processes: ``bed.shim_environ()`` puts this
@@ -34,7 +34,9 @@ DISABLED = set(os.environ.get("SPIROBED_SHIM_DISABLE", "").replace(",", " ").spl
 # uses upstream ``tornado``; ``six`` is a separate package), and the Salt loader
 # skips a module whose import fails with only a DEBUG log line, so the engine
 # would silently never listen. We alias the old names, and every submodule
-# under them, to the real modules, lazily, when first imported.
+# under them, to the real modules, lazily, when first imported. Salt 3006
+# still ships ``salt.ext.tornado`` (Tornado 4.5): a name Salt itself provides
+# is never aliased, so there spirofs runs on the Tornado Salt runs on.
 _ALIASES = {"salt.ext.tornado": "tornado", "salt.ext.six": "six"}
 
 
@@ -63,10 +65,21 @@ class _AliasLoader(importlib.abc.Loader):
         module.__spec__ = self.real_spec
 
 
+def _salt_ships(name, path):
+    """Whether Salt itself provides ``name`` (an aliased name), as 3006 does for tornado."""
+    root = next(old for old in _ALIASES if name == old or name.startswith(old + "."))
+    if name == root:
+        return importlib.machinery.PathFinder.find_spec(name, path) is not None
+    # A submodule: real if its package is real (an aliased package carries
+    # the name of what it stands for, e.g. "tornado").
+    package = sys.modules.get(root)
+    return package is not None and package.__name__ == root
+
+
 class _ShimFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         real = _alias_target(name) if "1" not in DISABLED else None
-        if real is not None:
+        if real is not None and not _salt_ships(name, path):
             return importlib.machinery.ModuleSpec(name, _AliasLoader(real))
         if name == "salt.engines":
             # Let the normal machinery load salt.engines, then patch it.
@@ -102,7 +115,10 @@ def _prepare_spiro_engine_process():
     import asyncio
     import multiprocessing.pool
 
-    import tornado.tcpserver
+    # The Tornado spirofs runs on: Salt's vendored 4.5 on 3006, else (fix 1)
+    # upstream tornado.
+    ioloop = _spirofs_tornado("ioloop")
+    tcpserver = _spirofs_tornado("tcpserver")
 
     # Fix 4 (shared event loop): the engine process is forked from the
     # salt-master while the master's asyncio loop is current, so it inherits
@@ -115,6 +131,13 @@ def _prepare_spiro_engine_process():
     # closed here, and closing it would not help the siblings anyway.)
     if "4" not in DISABLED:
         asyncio.set_event_loop(asyncio.new_event_loop())
+        if ioloop.__name__.startswith("salt.ext."):
+            # Tornado 4.5 does not run on asyncio: its IOLoop.current() falls
+            # back to the process-wide IOLoop.instance(), the master's, with
+            # the same shared epoll. Give this process a loop of its own.
+            ioloop.IOLoop.clear_current()
+            ioloop.IOLoop.clear_instance()
+            ioloop.IOLoop(make_current=True)
 
     # Fix 3 (loader context in threads): spirofs runs every deploy in a
     # multiprocessing ThreadPool worker. Salt 3008 resolves __opts__/__utils__
@@ -137,13 +160,21 @@ def _prepare_spiro_engine_process():
     # Fix 5 (bind address): spirofs calls ``server.listen(port)``, which binds
     # every interface. A test server has no business on the network: default
     # the address to loopback (override with SPIROBED_BIND_ADDRESS).
-    original_listen = tornado.tcpserver.TCPServer.listen
+    original_listen = tcpserver.TCPServer.listen
 
     def listen(self, port, address=None, *args, **kwargs):
         return original_listen(self, port, address or BIND_ADDRESS, *args, **kwargs)
 
     if "5" not in DISABLED:
-        tornado.tcpserver.TCPServer.listen = listen
+        tcpserver.TCPServer.listen = listen
+
+
+def _spirofs_tornado(submodule):
+    """``salt.ext.tornado.<submodule>`` as spirofs will import it."""
+    try:
+        return importlib.import_module(f"salt.ext.tornado.{submodule}")
+    except ImportError:  # only with fix 1 turned off, on Salt >= 3007
+        return importlib.import_module(f"tornado.{submodule}")
 
 
 if not any(isinstance(finder, _ShimFinder) for finder in sys.meta_path):
