@@ -208,7 +208,8 @@ def deploy(
         salt-call spirodeploy.deploy myproject staging root=/build highstate=False
         salt-call spirodeploy.deploy myproject prod root=/build artifacts=dist/app.whl,dist/lib
         salt-call spirodeploy.deploy myproject prod root=/build compress=gzip
-        salt-call spirodeploy.deploy myproject prod root=/build junit=/build/deploy-junit.xml html=/build/deploy.html
+        salt-call spirodeploy.deploy myproject prod root=/build \
+            junit=/build/deploy-junit.xml html=/build/deploy.html
     """
     from spirodeploy.reportfiles import check_report_paths, write_for_salt
 
@@ -713,7 +714,8 @@ def promote(project, source, deployment, to=None, force=False, highstate=True,
     force : False
         Promote despite the checks above.
 
-    highstate, history_dir, server, token, token_file, ssl_cert, insecure, timeout, connect_timeout, fire_events
+    highstate, history_dir, server, token, token_file, ssl_cert, insecure, timeout, connect_timeout,
+    fire_events
         As for :py:func:`rollback <salt.modules.spirodeploy.rollback>`.
 
     CLI Example:

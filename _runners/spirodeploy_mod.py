@@ -158,7 +158,8 @@ def deploy(
         salt-run spirodeploy.deploy myproject prod root=/srv/checkouts/myproject batch=10% canary=2
         salt-run spirodeploy.deploy myproject prod root=/srv/checkouts/myproject rollback_on_failure=True
         salt-run spirodeploy.deploy myproject prod root=/srv/checkouts/myproject compress=gzip
-        salt-run spirodeploy.deploy myproject prod root=/srv/checkouts/myproject junit=/srv/ci/deploy-junit.xml
+        salt-run spirodeploy.deploy myproject prod root=/srv/checkouts/myproject \
+            junit=/srv/ci/deploy-junit.xml
     """
     if batch is not None or canary is not None or on_batch_failure is not None:
         return _staged_deploy(dict(locals()))
@@ -800,7 +801,8 @@ def rollback(project, deployment, to=None, force=False, highstate=True, history_
         Roll back even when someone else deployed in between, or to the
         bundle served already.
 
-    highstate, history_dir, server, token, token_file, ssl_cert, insecure, timeout, connect_timeout, fire_events
+    highstate, history_dir, server, token, token_file, ssl_cert, insecure, timeout, connect_timeout,
+    fire_events
         As for ``spirodeploy.deploy`` and ``spirodeploy.history``.
 
     CLI Example:
@@ -846,7 +848,8 @@ def promote(project, source, deployment, to=None, force=False, highstate=True,
     deployment
         The deployment to promote to.
 
-    to, force, highstate, history_dir, server, token, token_file, ssl_cert, insecure, timeout, connect_timeout, fire_events
+    to, force, highstate, history_dir, server, token, token_file, ssl_cert, insecure, timeout,
+    connect_timeout, fire_events
         As for ``spirodeploy.rollback``.
 
     CLI Example:

@@ -11,9 +11,9 @@ import subprocess
 import termios
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from common import TIME_BIN
 
@@ -186,7 +186,7 @@ def paired_ratios(a: Stat | None, b: Stat | None, attr: str = "wall") -> list[fl
     """``a``'s ``attr`` (wall or cpu) / ``b``'s in the same run, for every run both finished."""
     if a is None or b is None:
         return []
-    return [getattr(x, attr) / getattr(y, attr) for x, y in zip(a.samples, b.samples)
+    return [getattr(x, attr) / getattr(y, attr) for x, y in zip(a.samples, b.samples, strict=False)
             if x.error is None and y.error is None and getattr(y, attr) > 0]
 
 

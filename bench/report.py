@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common import KiB, TIME_BIN, WORK, REPO, fmt_size, human
+from common import REPO, TIME_BIN, WORK, KiB, fmt_size, human
 from inputs import Scenario
 from measure import Stat, paired_ratio, paired_ratios
 from tools import venv_bin
@@ -98,7 +98,7 @@ def verdict(value, goal):
     return f"{value:.2f}x {'✅' if value <= goal else '❌'} (goal ≤ {goal}x)"
 
 
-def render(bench: "Bench", scenarios: dict[str, Scenario], cfg, elapsed: float) -> str:
+def render(bench: Bench, scenarios: dict[str, Scenario], cfg, elapsed: float) -> str:
     lines: list[str] = []
     warnings: list[str] = []
     add = lines.append
@@ -318,8 +318,9 @@ def render(bench: "Bench", scenarios: dict[str, Scenario], cfg, elapsed: float) 
         extra = ""
         if name == "0.4" and ours is not None:
             extra = verdict(ratio(ours.wall, s.wall), 1.0)
-        add(f"| {'spiro-deploy --help' if name == 'ours' else ('spiro-deploy 0.4 --help' if name == '0.4' else name)} "
-            f"| {f2(s.wall and s.wall * 1000, 0)} | {f2(s.cpu and s.cpu * 1000, 0)} | {f2(s.rss_mib, 0)} | {extra} |")
+        shown = {"ours": "spiro-deploy --help", "0.4": "spiro-deploy 0.4 --help"}.get(name, name)
+        add(f"| {shown} | {f2(s.wall and s.wall * 1000, 0)} | {f2(s.cpu and s.cpu * 1000, 0)} "
+            f"| {f2(s.rss_mib, 0)} | {extra} |")
     add("")
     if warnings:
         add("## Warnings (figures kept, but something is wrong)")

@@ -41,8 +41,9 @@ Medians over --runs; the tools of one run are interleaved so that drift hits
 all alike.  Builds are paired: ours and GNU tar run back to back, which one
 first alternating, and their ratio is the median of the per-run ratios
 (bench/measure.py: paired_ratio); deploys rotate, each run starting with the
-next tool (no tool always follows the same one).  Before each measured run: ``sync`` (dirty pages of the previous
-run are not flushed on the next one's clock) and, for deploys, the previous
+next tool (no tool always follows the same one).  Before each measured run:
+``sync`` (dirty pages of the previous run are not flushed on the next one's
+clock) and, for deploys, the previous
 deployment is removed on the server so every deploy does the same work.
 Inputs are in the page cache for everyone (written just before or read once).
 
@@ -63,19 +64,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (BENCH, GiB, INPUTS, LOGS, OUT, PROJECT, REPO, WORK, fmt_size,  # noqa: E402
-                    human, parse_size)
+from common import BENCH, INPUTS, LOGS, OUT, PROJECT, REPO, WORK, GiB, fmt_size, human, parse_size  # noqa: E402
 from inputs import Scenario, make_inputs, tree_stats  # noqa: E402
 from measure import Stat, _tail, paired_order, rotated, run_measured, sync  # noqa: E402
 from report import render  # noqa: E402
-from tools import (build_cmds, check_tar, ensure_ref_venv, install_ours, ours_bin,  # noqa: E402
-                   venv_bin)
+from tools import build_cmds, check_tar, ensure_ref_venv, install_ours, ours_bin, venv_bin  # noqa: E402
 
 
 @dataclass
@@ -132,7 +131,7 @@ class Bench:
             # same code as Python's hashlib; coreutils' sha256sum is slower).
             hasher = (["openssl", "dgst", "-sha256"] if shutil.which("openssl")
                       else ["sha256sum"])
-            for run in range(runs):
+            for _ in range(runs):
                 sync()
                 sample = run_measured(hasher + sc.artifacts, cwd=sc.root,
                                       log=LOGS / f"{section}-sha256.log")
@@ -246,7 +245,7 @@ class Bench:
             self.server.stop()
 
     # -- end to end ---------------------------------------------------------
-    def deploy_cmds(self, sc: Scenario, target: "Target", dep: str,
+    def deploy_cmds(self, sc: Scenario, target: Target, dep: str,
                     artifacts: list[str] | None = None,
                     prebuilt: Path | None = None) -> dict[str, list[str]]:
         artifacts = sc.artifacts if artifacts is None else artifacts
@@ -275,12 +274,12 @@ class Bench:
                            "--include-source", sc.source, *arts]
         return cmds
 
-    def reset_deployment(self, target: "Target", dep: str) -> None:
+    def reset_deployment(self, target: Target, dep: str) -> None:
         if target.deploy_dir is not None:
             shutil.rmtree(target.deploy_dir(dep), ignore_errors=True)
         sync()
 
-    def check_deployed(self, target: "Target", dep: str, min_size: int, curl: bool = False):
+    def check_deployed(self, target: Target, dep: str, min_size: int, curl: bool = False):
         def check(rc: int, text: str) -> str | None:
             if curl and ("event: deploy-bundle" not in text or "event: exception" in text):
                 return f"FATAL: curl: no clean deploy in the answer: {_tail(text)}"
@@ -375,7 +374,8 @@ class Bench:
         if self.server is None or sc.size <= 100 * 1000 * 1000:
             return
         srv = self.server
-        cmd = ours_bin() + ["-C", str(sc.root), "--no-highstate", "--no-history", "--no-progress", "--insecure",
+        cmd = ours_bin() + ["-C", str(sc.root), "--no-highstate", "--no-history", "--no-progress",
+                            "--insecure",
                             "--server", srv.http_url, "--token-file", str(srv.token_file),
                             "--include-source", sc.source,
                             *[x for a in sc.artifacts for x in ("--artifact", a)], PROJECT, "httplimit"]
@@ -404,7 +404,7 @@ class Bench:
                 "python -c pass (floor)": [str(python), "-c", "pass"]}
         if self.ref_bin is not None:
             cmds["0.4"] = [str(self.ref_bin / "spiro-deploy"), "--help"]
-        for name, cmd in cmds.items():
+        for cmd in cmds.values():
             run_measured(cmd, log=LOGS / "startup-warm.log")  # warm the page cache / pyc
         for _ in range(runs):
             for name, cmd in cmds.items():
@@ -440,7 +440,8 @@ def main(argv=None) -> int:
     cfg.runs = cfg.runs or (1 if cfg.quick else 3)
     cfg.artifact_size = parse_size(cfg.artifact_size or ("128M" if cfg.quick else "1G"))
     cfg.many_files = cfg.files or (5000 if cfg.quick else 50000)
-    cfg.sizes = sorted({parse_size(s) for s in (cfg.sizes or ("32M,128M" if cfg.quick else "256M,1G")).split(",")}
+    default_sizes = "32M,128M" if cfg.quick else "256M,1G"
+    cfg.sizes = sorted({parse_size(s) for s in (cfg.sizes or default_sizes).split(",")}
                        | ({4 * GiB} if cfg.big else set()))
     cfg.sink_sizes = sorted({parse_size(s) for s in
                              (cfg.sink_sizes or ("128M" if cfg.quick else "128M,1G")).split(",")})

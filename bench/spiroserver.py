@@ -35,7 +35,7 @@ class SpiroServer:
         self.proc: subprocess.Popen | None = None
 
     # -- lifecycle ---------------------------------------------------------
-    def start(self) -> "SpiroServer":
+    def start(self) -> SpiroServer:
         shutil.rmtree(self.dir, ignore_errors=True)
         conf = self.dir / "conf"
         conf.mkdir(parents=True)

@@ -11,7 +11,6 @@ from common import BENCH, OURS_VENV, PROJECT, REF_VENV, REF_VERSION, REPO, WORK
 from inputs import Scenario
 from measure import _tail
 
-
 _ours: list[str] = []
 
 

@@ -12,7 +12,7 @@ import argparse
 import os
 import signal
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import __version__
 from .errors import ExitCode, SpiroDeployError, UsageError

@@ -34,7 +34,8 @@ import socket
 import threading
 import time
 import warnings
-from typing import IO, Any, Callable, Iterator, Union
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from . import __version__
@@ -71,7 +72,7 @@ CONNECT_RETRIES = 2
 MAX_SECONDS = 1e8
 _CHUNK = 1024 * 1024
 
-SSLVerify = Union[bool, str]
+SSLVerify = bool | str
 ProgressCallback = Callable[[int, "int | None"], None]
 
 

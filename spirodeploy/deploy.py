@@ -13,7 +13,8 @@ in the report, so the events received so far are never lost; the report's
 
 from __future__ import annotations
 
-from typing import IO, Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import IO, Any
 
 from .client import upload_checked
 from .errors import Interrupted, StreamError

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import functools
 import types
-from typing import Any, Callable, Iterable, Mapping, MutableMapping, TypeVar
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from typing import Any, TypeVar
 
 from . import saltsupport
 from .errors import SpiroDeployError

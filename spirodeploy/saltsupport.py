@@ -24,7 +24,8 @@ tested without a loader):
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from .errors import ConfigError, SpiroDeployError
 from .report import DeployReport, MinionResult

@@ -8,8 +8,8 @@ default URL) lives in this one place.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 from .checks import clean_token
 from .client import (
@@ -41,10 +41,10 @@ class Settings:
     #: More masters (multi-master Salt), each with its own settings: they get
     #: the bundle with the highstate off before this server, which highstates
     #: (see :mod:`spirodeploy.fanout`).  Empty: just this server.
-    other_servers: list["Settings"] = field(default_factory=list, repr=False)
+    other_servers: list[Settings] = field(default_factory=list, repr=False)
 
     @property
-    def all_servers(self) -> list["Settings"]:
+    def all_servers(self) -> list[Settings]:
         """This server first (the one that highstates), then the others."""
         return [self, *self.other_servers]
 
@@ -69,7 +69,7 @@ class Settings:
         deadline: float | None = None,
         environ: Mapping[str, str] | None = None,
         need_token: bool = True,
-    ) -> "Settings":
+    ) -> Settings:
         """Explicit values first, then ``SPIRO_URL``, ``SPIRO_TOKEN_FILE``, ``SPIRO_TOKEN``.
 
         Timeouts are seconds, as numbers or text: ``read_timeout`` and

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 _BOM = "\ufeff"
 # Alternation order matters: CRLF is one line end, not two.

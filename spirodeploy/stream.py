@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, BinaryIO, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
 #: Blocks of up to 1 MiB waiting for the connection (bounds memory).
 QUEUE_BLOCKS = 8
@@ -54,15 +55,15 @@ class BundleStream:
     def __init__(self, build: Callable[[BinaryIO], Any], blocks: int = QUEUE_BLOCKS):
         # Items are (buffer, length, give_back: called with the buffer once it
         # was sent, or None).
-        self._queue: "queue.Queue[tuple[Any, int, Any] | None]" = queue.Queue(maxsize=blocks)
+        self._queue: queue.Queue[tuple[Any, int, Any] | None] = queue.Queue(maxsize=blocks)
         self.blocks = blocks
         # Buffers the connection is done with; at most blocks + 2 ever exist
         # (the queue's, the one being sent, the one being filled).
-        self._free: "queue.SimpleQueue[bytearray]" = queue.SimpleQueue()
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._cancelled = threading.Event()
         self.bundle: Any = None
         self.error: BaseException | None = None
-        self._first: "list[tuple[Any, int, Any] | None] | None" = None
+        self._first: list[tuple[Any, int, Any] | None] | None = None
         self._thread = threading.Thread(target=self._run, args=(build,),
                                         name="spirodeploy-bundle-stream", daemon=True)
         self._thread.start()
@@ -75,7 +76,7 @@ class BundleStream:
         finally:
             self._put(_END)
 
-    def _put(self, item: "tuple[Any, int, Any] | None") -> None:
+    def _put(self, item: tuple[Any, int, Any] | None) -> None:
         while not self._cancelled.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
@@ -131,7 +132,7 @@ class BundleStream:
                 pass
         self._thread.join()
 
-    def __enter__(self) -> "BundleStream":
+    def __enter__(self) -> BundleStream:
         return self
 
     def __exit__(self, *exc: object) -> None:

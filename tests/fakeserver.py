@@ -14,9 +14,9 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 
 @dataclass
@@ -148,7 +148,7 @@ class FakeSpiroServer:
         self.url = f"{scheme}://127.0.0.1:{self.port}/"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "FakeSpiroServer":
+    def __enter__(self) -> FakeSpiroServer:
         self._thread.start()
         return self
 
@@ -156,7 +156,7 @@ class FakeSpiroServer:
         self._server.shutdown()
         self._server.server_close()
 
-    def then(self, **kwargs) -> "FakeSpiroServer":
+    def then(self, **kwargs) -> FakeSpiroServer:
         """Queue the answer to the next request."""
         self.scripts.append(Script(**kwargs))
         return self

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import posixpath
-from functools import partial
 from collections.abc import Iterable
+from functools import partial
 from typing import BinaryIO
 
 from ..errors import BundleError

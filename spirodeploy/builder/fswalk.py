@@ -19,8 +19,17 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from ..errors import BundleError
-from .names import (VCS_DIRS, SkipByName, check_utf8, inside, join_show, os_error,
-                    refuse_special, show, vcs_part)
+from .names import (
+    VCS_DIRS,
+    SkipByName,
+    check_utf8,
+    inside,
+    join_show,
+    os_error,
+    refuse_special,
+    show,
+    vcs_part,
+)
 from .sources import DiskDir, DiskFile, MemberSource
 
 #: The ignore file read by :func:`fs_scanner` at its root.

@@ -22,8 +22,8 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 from typing import BinaryIO
 
 from ..errors import BundleError

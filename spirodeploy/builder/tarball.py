@@ -23,8 +23,18 @@ from ..errors import BundleError
 from ..manifest import MANIFEST_NAME, Contents, manifest_chunks, manifest_parts
 from .fswalk import walk
 from .gitscan import git_commit_info
-from .names import (GITCOMMIT, VCS_DIRS, check_utf8, clean_name, default_should_skip, inside, os_error,
-                    refuse_special, show, vcs_part)
+from .names import (
+    GITCOMMIT,
+    VCS_DIRS,
+    check_utf8,
+    clean_name,
+    default_should_skip,
+    inside,
+    os_error,
+    refuse_special,
+    show,
+    vcs_part,
+)
 from .parallel import ForkedTail, fork_split
 from .sink import CHUNK, MiB
 from .sources import DiskFile, InMemory, MemberSource, TempHolder, TempSlice, member_sources

@@ -18,9 +18,10 @@ import ipaddress
 import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 SHIM_DIR = Path(__file__).resolve().parent / "shim"
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -39,8 +39,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import bed
 from .install import ensure_spirofs
@@ -278,7 +279,8 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
-def run_quiet(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_quiet(cmd: list[str], env: dict[str, str] | None = None,
+              timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           env=env, timeout=timeout)
 

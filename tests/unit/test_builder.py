@@ -20,14 +20,27 @@ import types
 import pytest
 
 from spirodeploy import __version__
-from spirodeploy import builder as B
-from spirodeploy.builder import (DEFAULT_MTIME, Bundle, TarballBuilder, build_bundle,
-                                 diff_manifests, fs_scanner, git_scanner, read_manifest)
+from spirodeploy.builder import (
+    DEFAULT_MTIME,
+    Bundle,
+    TarballBuilder,
+    build_bundle,
+    diff_manifests,
+    fs_scanner,
+    git_scanner,
+    read_manifest,
+)
 from spirodeploy.builder.names import default_should_skip
 from spirodeploy.builder.tarformat import TarHeaders
 from spirodeploy.errors import BundleError, UsageError
-from spirodeploy.manifest import (build_manifest, content_digest, dump_manifest, make_manifest,
-                                  manifest_chunks, manifest_parts)
+from spirodeploy.manifest import (
+    build_manifest,
+    content_digest,
+    dump_manifest,
+    make_manifest,
+    manifest_chunks,
+    manifest_parts,
+)
 
 MiB = 1 << 20
 HAVE_GIT = shutil.which("git") is not None
@@ -75,8 +88,7 @@ def git(root, *args):
     return subprocess.run(["git", "-C", str(root), "-c", "user.name=Test",
                            "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main",
                            "-c", "commit.gpgsign=false"] + list(args),
-                          check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=env).stdout.decode().strip()
+                          check=True, capture_output=True, env=env).stdout.decode().strip()
 
 
 @pytest.fixture
@@ -210,7 +222,7 @@ def test_exception_in_block_propagates_and_writes_nothing(tmp_path):
     with pytest.raises(ZeroDivisionError):
         with TarballBuilder(out) as b:
             b.add_virtual("x", b"y")
-            1 / 0
+            1 / 0  # noqa: B018 - the error is the point
     assert out.getvalue() == b""
 
 
@@ -282,7 +294,7 @@ def test_member_metadata_is_normalised(project, monkeypatch):
         b.add_saltdir("_salt")
         b.add_artifact("build/eggs", "eggs")
     members = read_members(b.buffer)
-    for name, (data, m) in members.items():
+    for name, (_data, m) in members.items():
         assert m.isreg(), name
         assert (m.uid, m.gid, m.uname, m.gname) == (0, 0, "", "")
         assert m.mtime == DEFAULT_MTIME
@@ -371,7 +383,7 @@ def test_long_and_unicode_names_round_trip(tmp_path):
     names = [
         "x" * 100,                                    # fits the name field exactly
         "d" * 60 + "/" + "f" * 99,                    # ustar prefix/name split
-        "/".join(["seg%03d" % i + "y" * 40 for i in range(7)]),  # > 255: pax path
+        "/".join([f"seg{i:03d}" + "y" * 40 for i in range(7)]),  # > 255: pax path
         "a/" + "z" * 120,                             # last component > 100: pax
         "unicodé/ファイル.sls",                        # non-ASCII: pax path
     ]
@@ -415,7 +427,7 @@ def test_manifest_contents(project, monkeypatch):
     assert manifest == b.manifest
     assert raw == dump_manifest(manifest)
     assert manifest["format"] == 1
-    assert manifest["tool"] == "spiro-deploy %s" % __version__
+    assert manifest["tool"] == f"spiro-deploy {__version__}"
     assert manifest["gitcommit"] == "abc123\nheads/main"
     paths = [f["path"] for f in manifest["files"]]
     assert paths == sorted(paths) == sorted(n for n in members if n != ".spirodeploy.json")
@@ -425,7 +437,7 @@ def test_manifest_contents(project, monkeypatch):
         assert f["sha256"] == hashlib.sha256(data).hexdigest()
         assert f["mode"] == m.mode
     expected = hashlib.sha256("".join(
-        "%s\0%s\0%o\n" % (f["path"], f["sha256"], f["mode"]) for f in manifest["files"]
+        "{}\0{}\0{:o}\n".format(f["path"], f["sha256"], f["mode"]) for f in manifest["files"]
     ).encode()).hexdigest()
     assert manifest["digest"] == expected == content_digest(manifest["files"])
     assert b.file_count == len(manifest["files"])
@@ -452,7 +464,7 @@ def test_build_manifest_matches_json_dumps():
 def test_manifest_formatted_in_slices_and_segments_is_the_json_dump():
     # more records than manifest_parts formats at a time, split unevenly in two
     # segments the way the builder's two processes format them
-    records = [("d%02d/f%05d\u00e9" % (i % 13, i), i, "%064x" % i, 0o644 if i % 3 else 0o755)
+    records = [(f"d{i % 13:02d}/f{i:05d}\u00e9", i, f"{i:064x}", 0o644 if i % 3 else 0o755)
                for i in range(9000)]
     records.sort()
     content = hashlib.sha256()
@@ -651,8 +663,8 @@ def test_write_failure_is_a_bundle_error(project):
 def test_vcs_metadata_never_included(tmp_path, monkeypatch):
     files = {"top.sls": "x"}
     for vcs in (".git", ".hg", ".svn"):
-        files["%s/config" % vcs] = "secret"
-        files["sub/%s/config" % vcs] = "secret"
+        files[f"{vcs}/config"] = "secret"
+        files[f"sub/{vcs}/config"] = "secret"
     write_tree(tmp_path / "_salt", files)
     write_tree(tmp_path / "art", files)
     write_tree(tmp_path, {".git/HEAD": "ref", "src/.hg/x": "y", "src/a.py": "a"})

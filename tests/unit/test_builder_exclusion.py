@@ -119,7 +119,7 @@ def test_artifact_directory_and_fs_source_symlinks_into_vcs(project, vcs):
     write(project / vcs / "secret", SECRET)
     write(project / "build" / "app.whl", b"wheel")
     os.symlink("../" + vcs, project / "build" / "meta")
-    os.symlink("../%s/secret" % vcs, project / "build" / "secret-file")
+    os.symlink(f"../{vcs}/secret", project / "build" / "secret-file")
     bundle = build_bundle(project, artifacts=["build"], include_source="fs", gitcommit=False,
                           exclude=[str(project / ".token")])
     names = names_of(bundle)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import ssl
 import tarfile
+import threading
+import time
 
 import pytest
 
@@ -162,8 +164,11 @@ def test_failure_after_the_server_answered_is_never_retried(fake_server, token):
 
 
 def test_connection_refused_is_retried_a_bounded_number_of_times(monkeypatch, token):
-    sleeps = []
-    monkeypatch.setattr(client.time, "sleep", sleeps.append)
+    # time.sleep is patched for every thread: only this one's pauses are
+    # counted, and other threads (a server's poll loop) still really sleep.
+    sleeps, real_sleep, this_thread = [], time.sleep, threading.current_thread()
+    monkeypatch.setattr(client.time, "sleep", lambda seconds: sleeps.append(seconds)
+                        if threading.current_thread() is this_thread else real_sleep(seconds))
     with FakeSpiroServer() as server:
         url = server.url  # closed on exit: nothing listens there any more
     with pytest.raises(ConnectError, match="connection refused") as info:

@@ -77,7 +77,7 @@ def test_version_comes_from_the_package_and_has_a_changelog_entry():
     assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {
         "attr": "spirodeploy.__version__"}
     changelog = (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
-    assert re.search(r"^## %s\b" % re.escape(spirodeploy.__version__), changelog, re.M)
+    assert re.search(rf"^## {re.escape(spirodeploy.__version__)}\b", changelog, re.M)
     assert re.search(r"^## 0\.4\b", changelog, re.M)  # what it is compared with
     for section in ("### Stays compatible", "### Changed", "### New"):
         assert section in changelog

@@ -16,6 +16,9 @@ from spirodeploy import state as spirostate
 from tests.conftest import REPO, make_token
 from tests.fakeserver import highstate_events, sse
 
+VIRTUAL_REFUSAL = (False, "install spiro-deploy 1.0 or newer: pip install \"spiro-deploy>=1.0\" "
+                           "(onedir Salt packages: salt-pip install \"spiro-deploy>=1.0\")")
+
 
 def load_salt_file(kind: str, name: str):
     """Import _<kind>/spirodeploy_mod.py as a plain module named ``name``."""
@@ -106,7 +109,7 @@ def context():
 def test_virtual_says_how_to_install_when_the_library_is_missing(monkeypatch):
     assert spiromod.__virtual__() == "spirodeploy"
     monkeypatch.setattr(spiromod, "LIBRARY_ERROR", "No module named 'spirodeploy'")
-    assert spiromod.__virtual__() == (False, 'install spiro-deploy 1.0 or newer: pip install "spiro-deploy>=1.0" (onedir Salt packages: salt-pip install "spiro-deploy>=1.0")')
+    assert spiromod.__virtual__() == VIRTUAL_REFUSAL
 
 
 def test_virtual_when_spirodeploy_cannot_be_imported(tmp_path):
@@ -122,7 +125,7 @@ def test_virtual_when_spirodeploy_cannot_be_imported(tmp_path):
         "print(m.__virtual__())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == str((False, 'install spiro-deploy 1.0 or newer: pip install "spiro-deploy>=1.0" (onedir Salt packages: salt-pip install "spiro-deploy>=1.0")'))
+    assert out.stdout.strip() == str(VIRTUAL_REFUSAL)
 
 
 def test_the_library_is_imported_even_with_this_directory_on_sys_path(monkeypatch):

@@ -19,6 +19,10 @@ spirorunner = load_salt_file("runners", "salt_ext_spirodeploy_runner")
 TOKEN = make_token()
 
 
+VIRTUAL_REFUSAL = (False, "install spiro-deploy 1.0 or newer: pip install \"spiro-deploy>=1.0\" "
+                           "(onedir Salt packages: salt-pip install \"spiro-deploy>=1.0\")")
+
+
 class JidEvent:
     """Stands in for the runner's ``__jid_event__``."""
 
@@ -142,7 +146,7 @@ def test_progress_outside_a_job_is_logged(monkeypatch, caplog):
 def test_virtual(monkeypatch):
     assert spirorunner.__virtual__() == "spirodeploy"
     monkeypatch.setattr(spirorunner, "LIBRARY_ERROR", "nope")
-    assert spirorunner.__virtual__() == (False, 'install spiro-deploy 1.0 or newer: pip install "spiro-deploy>=1.0" (onedir Salt packages: salt-pip install "spiro-deploy>=1.0")')
+    assert spirorunner.__virtual__() == VIRTUAL_REFUSAL
 
 
 # --- names, yes/no arguments, the token file in bundles --------------

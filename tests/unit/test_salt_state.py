@@ -22,6 +22,10 @@ spirostates = load_salt_file("states", "salt_ext_spirodeploy_state")
 TOKEN = make_token()
 
 
+VIRTUAL_REFUSAL = (False, "install spiro-deploy 1.0 or newer: pip install \"spiro-deploy>=1.0\" "
+                           "(onedir Salt packages: salt-pip install \"spiro-deploy>=1.0\")")
+
+
 @pytest.fixture
 def bus():
     return Bus()
@@ -82,7 +86,7 @@ def test_virtual_without_the_execution_module(monkeypatch):
 
 def test_virtual_without_the_library(monkeypatch):
     monkeypatch.setattr(spirostates, "LIBRARY_ERROR", "nope")
-    assert spirostates.__virtual__() == (False, 'install spiro-deploy 1.0 or newer: pip install "spiro-deploy>=1.0" (onedir Salt packages: salt-pip install "spiro-deploy>=1.0")')
+    assert spirostates.__virtual__() == VIRTUAL_REFUSAL
 
 
 def test_deploys_then_is_idempotent(project, fake_server, bus):
