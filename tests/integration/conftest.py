@@ -28,6 +28,12 @@ def salt_ext(spiro_bed):
     """Sync the modules through the master's file_roots, and put the settings in pillar."""
     master = spiro_bed.master
     file_root = Path(master.config["file_roots"]["base"][0])
+    # Copies an earlier module synced: gone, so this sync installs (and
+    # reports) the faces afresh; Salt's sync does not always clean them.
+    for config, kinds in ((master.config, ("runners",)),
+                          (spiro_bed.minion.config, ("modules", "states"))):
+        for kind in kinds:
+            (Path(config["extension_modules"]) / kind / "spirodeploy_mod.py").unlink(missing_ok=True)
     copied = []
     with contextlib.ExitStack() as stack:
         for kind in ("_modules", "_runners", "_states"):
@@ -53,9 +59,7 @@ def salt_ext(spiro_bed):
         yield {"minion_sync": minion_sync.data, "master_sync": master_sync.data}
         for path in copied:
             path.unlink()
-        # Sync again so the copies leave the minion's and master's extension
-        # modules too: the next module's sync then installs them afresh (and
-        # reports them), and nothing synced outlives the module that synced it.
+        # Sync again so that nothing synced outlives the module that synced it.
         spiro_bed.salt_call_cli.run("saltutil.sync_all", saltenv="base")
         spiro_bed.salt_run_cli.run("saltutil.sync_all")
 
