@@ -35,7 +35,8 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from . import __version__
@@ -56,6 +57,9 @@ from .errors import (
 )
 from .sse import EventStreamParser
 
+if TYPE_CHECKING:
+    from .settings import Settings
+
 __all__ = ("DEFAULT_URL", "check_timeout", "check_token", "check_token_text", "check_url",
            "stream_events", "upload")
 
@@ -74,6 +78,34 @@ _CHUNK = 1024 * 1024
 
 SSLVerify = bool | str
 ProgressCallback = Callable[[int, "int | None"], None]
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where and how to talk to one server: what every request carries.
+
+    Built from values already checked (by :func:`upload`, :func:`check_token`
+    or :meth:`spirodeploy.settings.Settings.resolve`), once per call, and
+    passed whole through the internals.  ``repr`` never shows the token.
+    """
+
+    url: str
+    token: str = field(repr=False)
+    #: True (system CAs), False (no verification) or a CA/certificate PEM path.
+    sslverify: SSLVerify = True
+    connect_timeout: float = 20
+    #: The longest the server may go without sending an event; None: no limit.
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT
+    #: The :func:`time.monotonic` time the whole call must end by; None: no limit.
+    until: float | None = None
+    connect_retries: int = CONNECT_RETRIES
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Connection:
+        """The connection for resolved ``settings``; their deadline starts now."""
+        return cls(settings.server, settings.token, settings.sslverify,
+                   settings.connect_timeout, settings.read_timeout,
+                   _until(settings.deadline))
 
 
 def upload(
@@ -124,31 +156,26 @@ def upload(
     read_timeout = None if read_timeout is None else check_timeout("read timeout", read_timeout,
                                                                    unlimited=True)
     deadline = None if deadline is None else check_timeout("deadline", deadline, unlimited=True)
-    return upload_checked(url, token, tarball, project, deployment, highstate=highstate,
-                          sslverify=sslverify, connect_timeout=connect_timeout,
-                          read_timeout=read_timeout, progress=progress,
-                          connect_retries=connect_retries, deadline=deadline)
+    conn = Connection(url, token, sslverify, connect_timeout, read_timeout, _until(deadline),
+                      connect_retries)
+    return _upload(conn, tarball, project, deployment, highstate, progress)
 
 
-def upload_checked(url: str, token: str, tarball: IO[bytes], project: str, deployment: str, *,
-                   highstate: bool, sslverify: SSLVerify, connect_timeout: float,
-                   read_timeout: float | None, deadline: float | None,
-                   progress: ProgressCallback | None = None,
-                   connect_retries: int = CONNECT_RETRIES) -> Iterator[tuple[str, dict[str, Any]]]:
+def upload_checked(settings: Settings, tarball: IO[bytes], project: str, deployment: str, *,
+                   highstate: bool, progress: ProgressCallback | None = None,
+                   ) -> Iterator[tuple[str, dict[str, Any]]]:
     """:func:`upload` without its checks, for the deploy flow that made them already.
 
     Each check is made once, where its input enters: the names and the
     token's scope by :func:`spirodeploy.deploy.check_before_bundling`, the
-    URL, token and timeouts by :meth:`spirodeploy.settings.Settings.resolve`.
-    Anything else calls :func:`upload`.
+    URL, token and timeouts by :meth:`spirodeploy.settings.Settings.resolve`
+    (``settings`` is what it returned).  Anything else calls :func:`upload`.
     """
-    until = None if deadline is None else time.monotonic() + deadline
-    return _upload(url, token, tarball, project, deployment, highstate, sslverify,
-                   connect_timeout, read_timeout, progress, connect_retries, until)
+    return _upload(Connection.from_settings(settings), tarball, project, deployment,
+                   highstate, progress)
 
 
-def _upload(url, token, tarball, project, deployment, highstate, sslverify,
-            connect_timeout, read_timeout, progress, connect_retries, until):
+def _upload(conn: Connection, tarball, project, deployment, highstate, progress):
     # A separate generator so that the checks above raise at the call, not at
     # the first next().
     from .multipart import MultipartBody, MultipartStream, SourceFailed
@@ -173,15 +200,14 @@ def _upload(url, token, tarball, project, deployment, highstate, sslverify,
             body = MultipartBody(fields, "bundle", "bundle.tar", tarball, "application/x-tar",
                                  progress=progress)
         try:
-            response = _send(session, url, token, body, sslverify, connect_timeout, read_timeout,
-                             until)
+            response = _send(session, conn, body)
             break
         except _Retryable as retry:
             attempt += 1
             pause = min(2 ** attempt, 10)
             # Nothing was sent: past the deadline, say why it could not connect.
-            if attempt > connect_retries or (until is not None
-                                             and time.monotonic() + pause >= until):
+            if attempt > conn.connect_retries or (conn.until is not None
+                                                  and time.monotonic() + pause >= conn.until):
                 session.close()
                 raise retry.error from None
             time.sleep(pause)
@@ -190,15 +216,16 @@ def _upload(url, token, tarball, project, deployment, highstate, sslverify,
             raise _stopped(failed.error) from None
         except _UploadCut as cut:
             session.close()
-            raise _explain_cut(url, body.sent, body.complete,
+            raise _explain_cut(conn.url, body.sent, body.complete,
                                None if streamed else len(body)) from cut.__cause__
         except SpiroDeployError:
             session.close()
             raise
     try:
         # A streamed body's length is only known as far as it was sent.
-        _check_response(response, url, body.sent if streamed else len(body), exact=not streamed)
-        yield from stream_events(response, read_timeout=read_timeout, until=until)
+        _check_response(response, conn.url, body.sent if streamed else len(body),
+                        exact=not streamed)
+        yield from stream_events(response, read_timeout=conn.read_timeout, until=conn.until)
     finally:
         response.close()
         session.close()
@@ -215,8 +242,10 @@ def check_token(url: str, token: str, sslverify: SSLVerify = True,
     token = check_token_text(clean_token(token))
     url = check_url(url, sslverify)
     connect_timeout = check_timeout("connect timeout", connect_timeout)
+    # The answer to a GET comes at once: it gets the connect timeout, no more.
+    conn = Connection(url, token, sslverify, connect_timeout, read_timeout=connect_timeout)
     with _session() as session:
-        response = _request(session, "GET", url, token, sslverify, connect_timeout, connect_timeout)
+        response = _request(session, "GET", conn, conn.read_timeout)
         with response:
             if response.status_code == 401:
                 raise TokenRejected(f"the server at {safe_url(url)} rejected the token (HTTP 401)")
@@ -380,19 +409,25 @@ class _UploadCut(Exception):
     pass
 
 
-def _send(session, url, token, body, sslverify, connect_timeout, read_timeout, until=None):
+def _until(deadline: float | None) -> float | None:
+    """The :func:`time.monotonic` time ``deadline`` seconds from now (None: no limit)."""
+    return None if deadline is None else time.monotonic() + deadline
+
+
+def _send(session, conn: Connection, body):
     import requests
 
     sent_before = body.sent
-    wait = read_timeout
+    until = conn.until
+    wait = conn.read_timeout
     if until is not None:
         # The wait for the answer is one socket timeout, so the deadline can
         # only shorten it; the caller checks the deadline again afterwards.
         left = max(until - time.monotonic(), 0.001)
         wait = left if wait is None else min(wait, left)
     try:
-        response = _request(session, "POST", url, token, sslverify, connect_timeout, wait,
-                            data=body, content_type=body.content_type)
+        response = _request(session, "POST", conn, wait, data=body,
+                            content_type=body.content_type)
     except ConnectError as exc:
         if body.sent == sent_before and not isinstance(exc, TLSError):
             raise _Retryable(exc) from None
@@ -412,11 +447,13 @@ def _send(session, url, token, body, sslverify, connect_timeout, read_timeout, u
     return response
 
 
-def _request(session, method, url, token, sslverify, connect_timeout, read_timeout,
-             data=None, content_type=None):
+def _request(session, method, conn: Connection, read_timeout, data=None, content_type=None):
+    """One request over ``conn``; ``read_timeout`` is this request's socket wait."""
     import requests
     from urllib3.exceptions import LocationValueError
 
+    url, token, sslverify, connect_timeout = (conn.url, conn.token, conn.sslverify,
+                                              conn.connect_timeout)
     headers = {
         "Accept": "text/event-stream",
         "Cache-Control": "no-cache",

@@ -69,12 +69,8 @@ def deploy_bundle(
         bundle = history.capture(bundle)
     # Names and settings were checked where they entered (check_before_bundling,
     # Settings.resolve): the upload does not check them again.
-    events = upload_checked(
-        settings.server, settings.token, bundle, project, deployment,
-        highstate=highstate, sslverify=settings.sslverify,
-        connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
-        deadline=settings.deadline, progress=progress,
-    )
+    events = upload_checked(settings, bundle, project, deployment, highstate=highstate,
+                            progress=progress)
     uploaded = on_uploaded
     try:
         for event, data in events:
