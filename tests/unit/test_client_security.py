@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import tarfile
+import threading
 import time
 
 import pytest
@@ -357,7 +358,10 @@ def test_no_connect_retry_past_the_deadline(monkeypatch, token):
         attempts.append(1)
         raise client._Retryable(ConnectError("cannot connect: connection refused"))
 
-    monkeypatch.setattr(client.time, "sleep", sleeps.append)
+    # time.sleep is patched for every thread: count only this one's pauses.
+    real_sleep, this_thread = time.sleep, threading.current_thread()
+    monkeypatch.setattr(client.time, "sleep", lambda seconds: sleeps.append(seconds)
+                        if threading.current_thread() is this_thread else real_sleep(seconds))
     monkeypatch.setattr(client, "_send", refused)
     with pytest.raises(ConnectError, match="connection refused"):
         list(upload("http://127.0.0.1:9/", token, small_tar(), "proj", "prod", sslverify=False,
