@@ -44,7 +44,7 @@ test-image: venv
 
 ## Static check that the library, CLI and Salt modules need no Python newer than 3.10.
 check-python-floor: venv
-	$(PY) -m vermin --target=3.10- --violations --no-tips --eval-annotations spirodeploy _modules _runners _states
+	$(VENV)/bin/vermin --target=3.10- --violations --no-tips --eval-annotations spirodeploy _modules _runners _states _output
 
 ## Deploy examples/hello through a throwaway local master + minion + SpiroFS.
 demo: venv
