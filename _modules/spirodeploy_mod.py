@@ -41,7 +41,6 @@ then the environment variables ``SPIRO_URL``, ``SPIRO_TOKEN_FILE`` and
     contain the token.
 """
 
-import importlib
 import logging
 import os
 
@@ -58,6 +57,7 @@ INSTALL_HINT = (
 try:
     from spirodeploy import errors, saltface, saltsupport
     from spirodeploy import state as spirostate
+    from spirodeploy import tokens as spirotokens
     from spirodeploy.saltface import in_salt_terms as _salt_terms
 
     LIBRARY_ERROR = None
@@ -536,7 +536,7 @@ def narrow_token(projects, lifetime, not_before=None, output=None, token=None, t
     settings = None
     try:
         settings = _settings(None, token, token_file, None, None, None, None)
-        ret = importlib.import_module("spirodeploy.tokens").narrow_result(
+        ret = spirotokens.narrow_result(
             settings.token, projects, lifetime, not_before=not_before, output=output)
     except errors.SpiroDeployError as exc:
         ret = saltface.failure(exc, __context__)
@@ -566,7 +566,7 @@ def inspect_token(token=None, token_file=None):
     try:
         settings = _settings(None, token, token_file, None, None, None, None)
         ret = {"result": True,
-               **importlib.import_module("spirodeploy.tokens").inspect(settings.token)}
+               **spirotokens.inspect(settings.token)}
     except errors.SpiroDeployError as exc:
         ret = saltface.failure(exc, __context__)
     return saltsupport.scrub(ret, saltface.secrets_of(token, settings))

@@ -26,7 +26,6 @@ A token given as an argument is stored in the master's job cache with the
 other arguments; use the configuration or ``SPIRO_TOKEN_FILE``.
 """
 
-import importlib
 import logging
 import os
 
@@ -43,6 +42,7 @@ INSTALL_HINT = (
 try:
     from spirodeploy import errors, saltface, saltsupport
     from spirodeploy import rollout as spirorollout
+    from spirodeploy import tokens as spirotokens
     from spirodeploy.saltface import in_salt_terms as _salt_terms
 
     LIBRARY_ERROR = None
@@ -344,7 +344,7 @@ def narrow_token(projects, lifetime, not_before=None, output=None, token=None, t
     settings = None
     try:
         settings = _settings(None, token, token_file, None, None, None, None)
-        ret = importlib.import_module("spirodeploy.tokens").narrow_result(
+        ret = spirotokens.narrow_result(
             settings.token, projects, lifetime, not_before=not_before, output=output)
         ret["retcode"] = 0
     except errors.SpiroDeployError as exc:
@@ -375,7 +375,7 @@ def inspect_token(token=None, token_file=None):
     try:
         settings = _settings(None, token, token_file, None, None, None, None)
         ret = {"result": True, "retcode": 0,
-               **importlib.import_module("spirodeploy.tokens").inspect(settings.token)}
+               **spirotokens.inspect(settings.token)}
     except errors.SpiroDeployError as exc:
         ret = saltface.failure(exc, __context__, retcode=True)
     return saltsupport.scrub(ret, saltface.secrets_of(token, settings))

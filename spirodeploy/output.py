@@ -20,7 +20,6 @@ messages, minion ids and state comments are not ours to trust.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -280,7 +279,7 @@ class JsonPrinter:
         # json.dumps escapes every control and non-ASCII character (C1,
         # U+2028, bidi overrides) as \uXXXX, and a token's characters need no
         # escaping, so masking the encoded line finds it in any string or key.
-        print(_scrub_quickly(json.dumps(obj, sort_keys=True), self.secrets), file=self.out,
+        print(scrub(json.dumps(obj, sort_keys=True), self.secrets), file=self.out,
               flush=True)
 
     def warn(self, text: str) -> None:
@@ -307,51 +306,20 @@ class JsonPrinter:
         data["results"] = marker
         head, tail = json.dumps({"report": data}, sort_keys=True).split(json.dumps(marker))
         write = self.out.write
-        write(_scrub_quickly(head, self.secrets) + "{")
+        write(scrub(head, self.secrets) + "{")
         for index, (name, minion) in enumerate(sorted(report.minions.items())):
             # Each piece is masked alone: a token cannot span two, as pieces
             # are cut between JSON values.
-            write((", " if index else "") + _scrub_quickly(
+            write((", " if index else "") + scrub(
                 f"{json.dumps(name)}: {json.dumps(minion.to_dict(), sort_keys=True)}",
                 self.secrets))
-        write("}" + _scrub_quickly(tail, self.secrets) + "\n")
+        write("}" + scrub(tail, self.secrets) + "\n")
         self.out.flush()
 
     def error(self, message: str, exit_code: int) -> None:
         """The error the command ends with: a line on stderr and a JSON object."""
         print(clean(f"spiro-deploy: error: {message}", self.secrets), file=self.err, flush=True)
         self._emit({"error": {"message": message, "exit_code": exit_code}})
-
-
-def _scrub_quickly(text: str, secrets: list[str]) -> str:
-    """:func:`~spirodeploy.sanitize.scrub`, skipped when ``text`` cannot hold a secret.
-
-    ``--json`` writes the whole event stream again, and scrub's search for
-    pieces of the token is most of its cost.  Any piece it masks (12+
-    characters of a secret) contains one of the secret's 6-character slices
-    that start at a multiple of 6, and a whole secret contains them all; a
-    text with none of them (and none of the short secrets) comes back from
-    scrub unchanged, so it is not searched.
-    """
-    slices = _slices(tuple(secrets))
-    if slices and not any(piece in text for piece in slices):
-        return text
-    return scrub(text, secrets)
-
-
-@functools.lru_cache(maxsize=8)
-def _slices(secrets: tuple[str, ...]) -> tuple[str, ...]:
-    from .sanitize import MIN_PIECE, MIN_SECRET
-
-    found: set[str] = set()
-    for secret in secrets:
-        if len(secret) < MIN_SECRET:
-            continue  # scrub leaves these alone
-        if len(secret) < MIN_PIECE:
-            found.add(secret)  # masked only whole
-        else:
-            found.update(secret[i:i + 6] for i in range(0, len(secret) - 5, 6))
-    return tuple(sorted(found))
 
 
 def shorten_message(message: str, limit: int = MESSAGE_LIMIT) -> str:

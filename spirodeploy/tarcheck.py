@@ -89,13 +89,8 @@ class TarSummary:
     compression: str | None = None
 
 
-class _HashingReader(io.RawIOBase):
-    """Reads through ``raw`` while hashing and counting what was read."""
-
-    def __init__(self, raw, hashing: bool = True):
-        self._raw = raw
-        self.sha = hashlib.sha256() if hashing else None
-        self.size = 0
+class _ReadThrough(io.RawIOBase):
+    """A readable raw stream whose subclasses define only ``read``."""
 
     def readable(self):
         return True
@@ -105,6 +100,15 @@ class _HashingReader(io.RawIOBase):
         n = len(data)
         b[:n] = data
         return n
+
+
+class _HashingReader(_ReadThrough):
+    """Reads through ``raw`` while hashing and counting what was read."""
+
+    def __init__(self, raw, hashing: bool = True):
+        self._raw = raw
+        self.sha = hashlib.sha256() if hashing else None
+        self.size = 0
 
     def read(self, n=-1):
         if n is None or n < 0:
@@ -122,21 +126,12 @@ class _HashingReader(io.RawIOBase):
         return data
 
 
-class _Prefixed(io.RawIOBase):
+class _Prefixed(_ReadThrough):
     """``head`` (bytes already read to sniff the format), then the rest of ``raw``."""
 
     def __init__(self, head: bytes, raw):
         self._head = head
         self._raw = raw
-
-    def readable(self):
-        return True
-
-    def readinto(self, b):
-        data = self.read(len(b))
-        n = len(data)
-        b[:n] = data
-        return n
 
     def read(self, n=-1):
         if self._head:
@@ -148,21 +143,12 @@ class _Prefixed(io.RawIOBase):
         return self._raw.read(n)
 
 
-class _Tee(io.RawIOBase):
+class _Tee(_ReadThrough):
     """Reads the plain tar through, writing what was read to ``copy``."""
 
     def __init__(self, plain, copy):
         self._plain = plain
         self._copy = copy
-
-    def readable(self):
-        return True
-
-    def readinto(self, b):
-        data = self.read(len(b))
-        n = len(data)
-        b[:n] = data
-        return n
 
     def read(self, n=-1):
         data = self._plain.read(n)
