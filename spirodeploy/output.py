@@ -296,7 +296,14 @@ class JsonPrinter:
         pass
 
     def event(self, event: str, data: dict[str, Any], report: DeployReport) -> None:
-        self._emit({"event": event, "data": data})
+        source = getattr(data, "source", None)
+        if source is not None and _passes_through(source):
+            # The server's JSON as it came: decoding it proved it valid, and
+            # printable ASCII on one line is what json.dumps would give too.
+            print(scrub(f'{{"data": {source}, "event": {json.dumps(event)}}}', self.secrets),
+                  file=self.out, flush=True)
+        else:
+            self._emit({"event": event, "data": data})
 
     def finish(self, report: DeployReport) -> None:
         """The report, on one line: written a minion at a time, so a big fleet's
@@ -320,6 +327,14 @@ class JsonPrinter:
         """The error the command ends with: a line on stderr and a JSON object."""
         print(clean(f"spiro-deploy: error: {message}", self.secrets), file=self.err, flush=True)
         self._emit({"error": {"message": message, "exit_code": exit_code}})
+
+
+def _passes_through(source: str) -> bool:
+    # json.dumps escapes controls and every non-ASCII character.  Strict JSON
+    # decoding already refused raw controls inside strings; what is left to
+    # rule out is line ends between values, DEL and non-ASCII (bidi overrides).
+    return (source.isascii() and "\n" not in source and "\r" not in source
+            and "\x7f" not in source)
 
 
 def shorten_message(message: str, limit: int = MESSAGE_LIMIT) -> str:

@@ -168,21 +168,25 @@ class MinionResult:
         timed = False
         failed: list[tuple[int, str, Any, Any]] = []
         changed: list[tuple[int, str, Any, Any]] = []
+        # This loop runs for every state of every minion (500,000 for a
+        # 10,000-minion fleet): the common case, a float duration, is read
+        # inline, and the run order is looked up only for kept states.
         for key, value in ret.items():
-            if not isinstance(value, dict):
-                value = {"result": False, "comment": _text(value)}
+            if type(value) is not dict:
+                value = (value if isinstance(value, dict)
+                         else {"result": False, "comment": _text(value)})
             result = value.get("result", False)
-            duration = _duration(value.get("duration"))
+            duration = value.get("duration")
+            if type(duration) is not float or not duration >= 0:  # nan fails ">="
+                duration = _duration(duration)
             if duration is not None:
                 total += duration
                 timed = True
-            run_num = value.get("__run_num__")
-            run_num = run_num if type(run_num) is int else 0
             # Strict: "True", "False", 1 or a missing result are not a success.
             if result is not True and result is not None:
-                failed.append((run_num, _state_id(key, value), key, value))
+                failed.append((_run_num(value), _state_id(key, value), key, value))
             elif value.get("changes"):
-                changed.append((run_num, _state_id(key, value), key, value))
+                changed.append((_run_num(value), _state_id(key, value), key, value))
             else:
                 ok += 1
                 if duration is not None:
@@ -501,6 +505,11 @@ def _state_id(key: Any, value: dict[str, Any]) -> str:
     return parts[1] if len(parts) == 4 else str(key)
 
 
+def _run_num(value: dict[str, Any]) -> int:
+    run_num = value.get("__run_num__")
+    return run_num if type(run_num) is int else 0
+
+
 def _run_order(item: tuple[int, str, Any, Any]) -> tuple[int, str]:
     return item[0], item[1]
 
@@ -509,7 +518,6 @@ def _state_result(key: Any, value: dict[str, Any]) -> StateResult:
     parts = str(key).split("_|-")
     function = f"{parts[0]}.{parts[3]}" if len(parts) == 4 else ""
     result = value.get("result", False)
-    run_num = value.get("__run_num__")
     sls = value.get("__sls__")
     return StateResult(
         id=_cut(_state_id(key, value), COMMENT_LIMIT),
@@ -518,7 +526,7 @@ def _state_result(key: Any, value: dict[str, Any]) -> StateResult:
         result=result if result is True or result is None else False,
         comment=_cut(_text(value.get("comment", "")), COMMENT_LIMIT),
         changed=bool(value.get("changes")),
-        run_num=run_num if type(run_num) is int else 0,
+        run_num=_run_num(value),
         duration_ms=_duration(value.get("duration")),
         sls=None if sls is None else _cut(str(sls), 200),
     )

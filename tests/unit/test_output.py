@@ -11,7 +11,7 @@ import pytest
 from spirodeploy.output import HumanPrinter, JsonPrinter
 from spirodeploy.report import DeployReport
 from spirodeploy.sanitize import escape, scrub
-from tests.conftest import make_token
+from tests.support import make_token
 
 # Moves the cursor up two lines, clears them and paints a fake green success.
 FAKE_LINE = ("\x1b[2A\x1b[2K\r\x1b[32;1mDeployed proj/prod: 3 of 3 minions reported\x1b[0m")
@@ -179,6 +179,44 @@ def test_the_json_printer_masks_the_token_in_events_report_and_error():
     assert not leaks(out.getvalue() + err.getvalue())
     for line in out.getvalue().splitlines():
         json.loads(line)  # still valid JSON
+
+
+def _decoded(source: str):
+    from spirodeploy.client import _decode
+
+    return _decode("highstate-update", source)
+
+
+def test_the_json_printer_passes_the_servers_json_through_as_it_came():
+    # A fleet's stream is 150 MiB: encoding it again cost more than reading it.
+    source = '{"minion": "web1",  "result": {"retcode": 0, "b": 1, "a": [1.50, 2]}}'
+    out = io.StringIO()
+    JsonPrinter(out=out, err=io.StringIO()).event("highstate-update", _decoded(source),
+                                                  DeployReport(project="p", deployment="d"))
+    assert out.getvalue() == f'{{"data": {source}, "event": "highstate-update"}}\n'
+
+
+@pytest.mark.parametrize("source", [
+    json.dumps({"msg": BIDI}, ensure_ascii=False),       # raw bidi override and U+2028
+    json.dumps({"msg": C1}, ensure_ascii=False),         # raw 8-bit CSI and OSC
+    '{"msg": "a\x7fb"}',                                 # raw DEL (valid JSON)
+    '{"msg":\n "two lines"}',                            # a line end between values
+])
+def test_server_json_that_is_not_plain_ascii_on_one_line_is_encoded_again(source):
+    out = io.StringIO()
+    JsonPrinter(out=out, err=io.StringIO()).event("x", _decoded(source),
+                                                  DeployReport(project="p", deployment="d"))
+    assert out.getvalue().count("\n") == 1 and not raw_controls(out.getvalue())
+    assert json.loads(out.getvalue()) == {"event": "x", "data": json.loads(source)}
+
+
+def test_the_token_is_masked_in_json_passed_through():
+    source = json.dumps({"msg": f"Bearer {TOKEN}", "cut": TOKEN[7:40], TOKEN[:20]: 1})
+    out = io.StringIO()
+    printer = JsonPrinter(out=out, err=io.StringIO(), secrets=(TOKEN,))
+    printer.event("x", _decoded(source), DeployReport(project="p", deployment="d"))
+    assert not leaks(out.getvalue()) and "***" in out.getvalue()
+    json.loads(out.getvalue())
 
 
 def test_a_short_secret_is_masked_whole_and_a_tiny_one_not_at_all():
