@@ -384,6 +384,12 @@ def check_token(server=None, token=None, token_file=None, ssl_cert=None, insecur
     token may deploy that project.  On failure ``result`` is False, ``error``
     says why and the job's retcode is set.
 
+    With several servers (``spirodeploy:servers``, multi-master) every one
+    is asked, each with its own token and CA: ``servers`` has one such
+    result per server (a failed one: ``error``, ``exit_code``) and
+    ``failed_servers`` names those that refused; the top-level keys are the
+    first named server's, and any refusal fails the check.
+
     server, token, token_file, ssl_cert, insecure, connect_timeout
         As for :py:func:`deploy <salt.modules.spirodeploy.deploy>`.
 
@@ -404,7 +410,8 @@ def check_token(server=None, token=None, token_file=None, ssl_cert=None, insecur
         ret = saltsupport.check_token(settings, project=project)
     except errors.SpiroDeployError as exc:
         ret = saltface.failure(exc, __context__,
-                               server=saltsupport.shown_server(settings, server))
+                               server=saltsupport.shown_server(settings, server),
+                               **saltsupport.token_check_details(exc))
     return saltsupport.scrub(ret, saltface.secrets_of(token, settings))
 
 

@@ -82,7 +82,7 @@ def deploy(
     batch=None,
     canary=None,
     on_batch_failure=None,
-    rollback_on_failure=False,
+    rollback_on_failure=None,
     compress=False,
     junit=None,
     html=None,
@@ -112,8 +112,8 @@ def deploy(
         configuration; one of them is required.
 
     artifacts, include_source, highstate, allow_empty, exclude, output, compress
-        As for the execution module's ``spirodeploy.deploy`` (``compress``:
-        not for a staged rollout).
+        As for the execution module's ``spirodeploy.deploy`` (``compress``
+        also compresses a staged rollout's upload).
 
     junit, html
         After the deploy, also a failed one, write a JUnit XML or a
@@ -139,6 +139,9 @@ def deploy(
         ``comment`` and still fails.  Every deploy is recorded in the
         master's history (``spirodeploy:history_dir``, default
         ``<cachedir>/spirodeploy-history``); ``history_entry`` is its number.
+        With ``batch`` or ``canary`` it means ``on_batch_failure=rollback``;
+        given with ``on_batch_failure=stop`` (or ``False`` with ``rollback``)
+        it is an error before anything is uploaded.
 
     batch, canary, on_batch_failure
         A staged rollout (see ``spirodeploy.rollout``): upload with the
@@ -229,7 +232,10 @@ def check_token(server=None, token=None, token_file=None, ssl_cert=None, insecur
     Check that the server is reachable from the master and accepts the token.
 
     Returns ``result``, the ``server``, the ``projects`` the token may
-    deploy (``None``: any) and when it ``expires``, and ``retcode``.
+    deploy (``None``: any) and when it ``expires``, and ``retcode``.  With
+    several servers every one is asked, each with its own token and CA;
+    ``servers`` and ``failed_servers`` are as for the execution module's
+    ``spirodeploy.check_token``.
 
     server, token, token_file, ssl_cert, insecure, connect_timeout
         Connection settings; default: the master configuration, then the
@@ -253,7 +259,8 @@ def check_token(server=None, token=None, token_file=None, ssl_cert=None, insecur
         ret["retcode"] = 0
     except errors.SpiroDeployError as exc:
         ret = saltface.failure(exc, __context__, retcode=True,
-                               server=saltsupport.shown_server(settings, server))
+                               server=saltsupport.shown_server(settings, server),
+                               **saltsupport.token_check_details(exc))
     return saltsupport.scrub(ret, saltface.secrets_of(token, settings))
 
 
@@ -524,10 +531,7 @@ def _printer():
 def _rollout_options(batch, canary, on_batch_failure):
     """The parsed options and the rollback hook choice; raises on bad input."""
     options = spirorollout.parse_options(batch, canary)
-    hook = str(on_batch_failure or "stop").strip().lower()
-    if hook not in ("stop", "rollback"):
-        raise spirorollout.RolloutError(
-            f"on_batch_failure must be stop or rollback, not {on_batch_failure!r}")
+    hook = spirorollout.failure_action(on_batch_failure)
     if hook == "rollback" and "spirodeploy.rollback" not in __salt__:
         raise spirorollout.RolloutError(
             "on_batch_failure=rollback needs the spirodeploy.rollback runner, which this "
@@ -551,11 +555,10 @@ def _staged_deploy(args):
                                                                      "highstate"):
             raise spirorollout.RolloutError("batch and canary highstate the minions: they "
                                             "cannot be used with highstate=False")
-        on_failure = args["on_batch_failure"]
-        # The history's own switch means the same here: roll back when a batch fails.
-        if on_failure is None and saltsupport.to_bool(args.get("rollback_on_failure"),
-                                                      "rollback_on_failure"):
-            on_failure = "rollback"
+        # The history's own switch means the same here: roll back when a batch
+        # fails; given against on_batch_failure, it is refused.
+        on_failure = spirorollout.failure_action(args["on_batch_failure"],
+                                                 args.get("rollback_on_failure"))
         options, hook = _rollout_options(args["batch"], args["canary"], on_failure)
         settings = _settings(args["server"], args["token"], args["token_file"],
                              args["ssl_cert"], args["insecure"], args["timeout"],

@@ -89,7 +89,7 @@ def deployed(
     insecure=None,
     timeout=None,
     connect_timeout=None,
-    rollback_on_failure=False,
+    rollback_on_failure=None,
     batch=None,
     canary=None,
     on_batch_failure=None,
@@ -158,7 +158,9 @@ def deployed(
     batch, canary, on_batch_failure
         A staged rollout, as for the runner's ``spirodeploy.deploy``
         (``batch: 10%``, ``canary: 2``; ``rollback_on_failure: True`` means
-        ``on_batch_failure: rollback``): upload with the highstate off, then
+        ``on_batch_failure: rollback``, and the two given against each other,
+        ``stop`` with ``True``, fail the state before anything is uploaded;
+        ``compress`` compresses the upload): upload with the highstate off, then
         run the ``spirodeploy.rollout`` runner, which highstates the canaries
         and then the other minions a batch at a time and stops at the first
         failing batch.  ``changes["rollout"]`` lists the minions ``done``,
@@ -441,9 +443,12 @@ def _staged(project, deployment, batch, canary, on_batch_failure, rollback_on_fa
         raise errors.UsageError("batch, canary and on_batch_failure need the master: run "
                                 "spirodeploy.deployed in an orchestration "
                                 "(salt-run state.orchestrate)")
-    if on_batch_failure is None and saltsupport.to_bool(rollback_on_failure,
-                                                        "rollback_on_failure"):
-        on_batch_failure = "rollback"
+    from spirodeploy.rollout import failure_action
+
+    # rollback_on_failure means on_batch_failure: rollback here; against it, refused.
+    action = failure_action(on_batch_failure, rollback_on_failure)
+    if on_batch_failure is not None or action == "rollback":
+        on_batch_failure = action
     kwarg = {"batch": batch, "canary": canary, "on_batch_failure": on_batch_failure,
              **{key: value for key, value in connection.items() if value is not None}}
     kwarg = {key: value for key, value in kwarg.items() if value is not None}

@@ -39,8 +39,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import make_token  # noqa: E402
 from tests.fakeserver import fleet_events  # noqa: E402
+from tests.support import make_token  # noqa: E402
 
 TIME = "/usr/bin/time"
 GOAL_RSS_MIB = 100

@@ -227,7 +227,7 @@ class Bench:
             token, token_file, header = srv.token, srv.token_file, WORK / "server" / "auth-header"
         else:
             sys.path.insert(0, str(REPO))
-            from tests.conftest import make_token
+            from tests.support import make_token
 
             token = make_token()
             token_file = WORK / "sink-token"

@@ -32,7 +32,14 @@ CLI_NAMES: dict[str, str] = {
     "deadline": "--deadline",
     "allow_empty": "--allow-empty",
     "include_source": "--include-source",
+    "include_source_git": "--include-source git",
     "root": "--directory",
+    "server_each": "--server",
+    "token_each": "--token",
+    "token_file_each": "--token-file",
+    "ssl_cert_each": "--ssl-cert",
+    "rollback_to": "--to",
+    "force": "--force",
 }
 
 _NAMES: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(

@@ -22,6 +22,7 @@ report (events, minions) plus one :class:`ServerOutcome` per server.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import os
 import queue
@@ -244,8 +245,11 @@ def _upload_to_others(source, start, size, project, deployment, others, bundle_i
                                     f"{type(exc).__name__}: {exc}", None)
         done.put((index, outcome))
 
-    threads = [threading.Thread(target=run, args=(i, s), daemon=True,
-                                name=f"spiro-upload-{i}") for i, s in enumerate(others)]
+    # Each thread runs in a copy of the caller's context, so that its
+    # messages name settings in the caller's terms (a Salt face's naming()).
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(run, i, s),
+                                daemon=True, name=f"spiro-upload-{i}")
+               for i, s in enumerate(others)]
     for thread in threads:
         thread.start()
     outcomes: list[ServerOutcome | None] = [None] * len(others)

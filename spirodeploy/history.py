@@ -566,11 +566,7 @@ class Recording:
                 "highstate": bool(report.highstate),
                 "deployed": bool(report.deployed or report.server_has_bundle),
                 "exit_code": int(report.exit_code),
-                "minions": {
-                    "ok": [m for m in report.reported if m not in report.failed],
-                    "failed": list(report.failed),
-                    "unreported": list(report.unreported),
-                },
+                "minions": _minion_summary(report),
                 "error": report.error or (report.summary() if report.exception else None),
                 "rollback_of": None,
                 "promoted_from": None,
@@ -583,6 +579,21 @@ class Recording:
             self.required = False
             self._broken(exc)
             return None
+
+
+#: Names kept per outcome in a log entry.  Every deploy reads the whole log,
+#: so an entry must not grow with the fleet: the counts say how many there were.
+LOGGED_MINION_NAMES = 100
+
+
+def _minion_summary(report: Any) -> dict[str, Any]:
+    failed = set(report.failed)
+    outcomes = {"ok": [m for m in report.reported if m not in failed],
+                "failed": list(report.failed), "unreported": list(report.unreported)}
+    summary: dict[str, Any] = {key: names[:LOGGED_MINION_NAMES]
+                               for key, names in outcomes.items()}
+    summary["counts"] = {key: len(names) for key, names in outcomes.items()}
+    return summary
 
 
 def _file_sha256(path: str) -> str:

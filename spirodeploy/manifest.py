@@ -277,18 +277,3 @@ def diff_manifests(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None)
         "removed": sorted(set(a) - set(b)),
         "modified": sorted(p for p in set(a) & set(b) if a[p] != b[p]),
     }
-
-
-# TEMPORARY, for the lead to delete with the two imports it serves: the
-# test-only helpers moved to tests/support.py; tests/unit/test_builder.py
-# (line 29) and tests/unit/test_salt_support.py (``manifest()``) still import
-# them from here while their owners edit those files.
-_MOVED_TO_TESTS = {"content_digest", "make_manifest", "build_manifest", "dump_manifest"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_TESTS:
-        import tests.support
-
-        return getattr(tests.support, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

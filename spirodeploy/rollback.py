@@ -97,13 +97,14 @@ def plan_rollback(store: HistoryStore, project: str, deployment: str, *,
                                         not_sha256=current["sha256"] if current else None)
         if target is None:
             raise HistoryError(f"no earlier successful deploy of {project}/{deployment} with a "
-                               "kept bundle to roll back to; name one with --to")
+                               "kept bundle to roll back to", setting="rollback_to",
+                               fix="{what}; name one with {rollback_to}")
     if current is not None and not force and (
             target["sha256"] == current["sha256"]
             or (target.get("digest") and target.get("digest") == current.get("digest"))):
         raise HistoryError(f"{entry_ref(target)} is what {project}/{deployment} serves "
-                           f"already (last deploy {entry_ref(current)}); nothing to do "
-                           "(--force deploys it again)")
+                           f"already (last deploy {entry_ref(current)}); nothing to do",
+                           setting="force", fix="{what} ({force} deploys it again)")
     store.verified_bundle(target)
     return target, current
 
@@ -153,8 +154,8 @@ def plan_promotion(store: HistoryStore, project: str, source: str, deployment: s
         what = ("its spirotop.sls has no key for " + repr(deployment)
                 if facts["has_spirotop"] else "it has no spirotop.sls either")
         raise HistoryError(f"{entry_ref(entry)} has no top.sls and {what}: SpiroFS would "
-                           f"highstate nothing in {project}/{deployment} without saying so "
-                           "(--force promotes it anyway)")
+                           f"highstate nothing in {project}/{deployment} without saying so",
+                           setting="force", fix="{what} ({force} promotes it anyway)")
     return entry
 
 

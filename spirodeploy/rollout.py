@@ -16,7 +16,9 @@ Options:
   rounding: below one minion is one, otherwise rounded down);
 * ``canary``: highstated first, on their own: a count (``2``: the first two
   affected minions by id) or minion ids and globs (``web1,web2``,
-  ``web*``), matched against the affected minions.
+  ``web*``), matched against the affected minions;
+* ``on_batch_failure``: ``stop`` or ``rollback`` (:func:`failure_action`,
+  which also reads the deploy's ``rollback_on_failure`` switch).
 
 Outcomes per minion: ``done`` (highstate succeeded), ``failed`` (a failed
 state, a render error, a retcode other than 0, or no answer;
@@ -147,6 +149,41 @@ def parse_canary(value: Any) -> Canary | None:
     if not patterns:
         raise RolloutError(f"canary names no minion: {value!r}")
     return Canary(patterns=patterns)
+
+
+#: What a staged rollout does when a batch fails (``on_batch_failure``).
+STOP, ROLLBACK = "stop", "rollback"
+
+
+def failure_action(on_batch_failure: Any = None, rollback_on_failure: Any = None) -> str:
+    """What to do when a batch fails: :data:`STOP` or :data:`ROLLBACK`.
+
+    ``on_batch_failure`` is ``stop`` or ``rollback`` (any case; None: not
+    given).  ``rollback_on_failure`` is the deploy's own yes/no switch (None:
+    not given); in a staged rollout it means ``on_batch_failure=rollback``,
+    so a rollout that fails is rolled back whichever of the two asked for it.
+    The two must agree when both are given: ``on_batch_failure=stop`` with
+    ``rollback_on_failure=True`` (or ``rollback`` with ``False``) raises
+    :class:`RolloutError`, as does a value that is neither.  Nothing is
+    ignored: a Salt admin who asked for a rollback gets one or an error.
+    """
+    from .saltsupport import to_bool
+
+    action = None
+    if on_batch_failure is not None and str(on_batch_failure).strip() != "":
+        action = str(on_batch_failure).strip().lower()
+        if action not in (STOP, ROLLBACK):
+            raise RolloutError(f"on_batch_failure must be stop or rollback, "
+                               f"not {on_batch_failure!r}")
+    if rollback_on_failure is None or str(rollback_on_failure).strip() == "":
+        return action or STOP
+    wanted = to_bool(rollback_on_failure, "rollback_on_failure")
+    asked = ROLLBACK if wanted else STOP
+    if action is not None and action != asked:
+        raise RolloutError(f"on_batch_failure={action} and rollback_on_failure={wanted} "
+                           "contradict each other; give one (a failed batch is rolled back "
+                           "with on_batch_failure=rollback or rollback_on_failure=True)")
+    return asked
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .errors import ConfigError, SpiroDeployError
+from .errors import ConfigError, ExitCode, SpiroDeployError
 from .report import DeployReport, MinionResult
 from .settings import Settings
 
@@ -63,7 +63,14 @@ SALT_NAMES: dict[str, str] = {
     "deadline": f"{TAG_PREFIX}:deadline",
     "allow_empty": "allow_empty=True",
     "include_source": "include_source",
+    "include_source_git": "include_source=git",
     "root": f"root=<project directory> (or {TAG_PREFIX}:root)",
+    "server_each": f"{TAG_PREFIX}:servers",
+    "token_each": "token",
+    "token_file_each": "token_file",
+    "ssl_cert_each": "ssl_cert",
+    "rollback_to": "to=<entry>",
+    "force": "force=True",
 }
 
 
@@ -365,30 +372,100 @@ def error_report(project: str, deployment: str, error: SpiroDeployError, *,
     return report
 
 
-def check_token(settings: Settings, project: str | None = None) -> dict[str, Any]:
-    """Ask the server whether it accepts the token; say what the token allows.
+class TokenCheckFailed(SpiroDeployError):
+    """Some of several servers refused the token check (or could not be asked).
 
-    Raises the library's errors (token rejected, cannot connect, token not
-    allowed for ``project`` or expired).
+    The exit code is the first failed server's, in the order they are named,
+    as for a deploy to several servers.
     """
-    import time
 
-    from .checks import check_name, check_token_scope, token_caveats
-    from .client import check_token as ask_server
-    from .client import safe_url
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = ExitCode(exit_code)
+
+
+def check_token(settings: Settings, project: str | None = None) -> dict[str, Any]:
+    """Ask every configured server whether it accepts its token; say what each token allows.
+
+    Each server is asked with its own token and CA (``settings.all_servers``:
+    ``spirodeploy:servers``, multi-master), all at once.  Returns the first
+    named server's ``result``, ``server``, ``message``, ``projects`` and
+    ``expires`` (and ``project``, ``warnings``) as one server always did,
+    plus ``servers`` (one such result per server, in order; a failed one has
+    ``error`` and ``exit_code`` instead) and ``failed_servers``.
+
+    Raises the library's error when one server is configured (token
+    rejected, cannot connect, token not allowed for ``project`` or expired),
+    and :class:`TokenCheckFailed` naming the servers that refused when
+    several are; either way the error's ``token_check`` attribute holds
+    ``servers`` and ``failed_servers`` (:func:`token_check_details`).
+    """
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .checks import check_name
 
     if project is not None:
         check_name("project", project)
-    ask_server(settings.server, settings.token, settings.sslverify, settings.connect_timeout)
-    warnings: list[str] = []
-    if project is not None:
-        warnings = check_token_scope(settings.token, project).warnings
-    caveats = token_caveats(settings.token) or {}
+    servers = settings.all_servers
+    with ThreadPoolExecutor(max_workers=min(len(servers), 8)) as pool:
+        # Each thread raises in the caller's terms (the Salt faces' names).
+        futures = [pool.submit(contextvars.copy_context().run, _check_one, server, project)
+                   for server in servers]
+        checked = [future.result() for future in futures]
+    results = [result for result, _ in checked]
+    failed = [(result, error) for result, error in checked if error is not None]
+    details = {"servers": results, "failed_servers": [result["server"] for result, _ in failed]}
+    if failed:
+        if len(servers) == 1:
+            error = failed[0][1]
+        else:
+            error = TokenCheckFailed(
+                f"{len(failed)} of {len(servers)} servers refused the token check: "
+                + "; ".join(f"{result['server']}: {result['error']}" for result, _ in failed),
+                failed[0][0]["exit_code"])
+        error.token_check = details  # type: ignore[attr-defined]
+        raise error
+    # The first named server's result at the top, as with one server.
+    ret = {"result": True, **results[0]}
+    if len(servers) > 1:
+        ret["message"] = (f"all {len(servers)} servers accepted their tokens"
+                          + (f" and may deploy project {project}" if project is not None
+                             else "")
+                          + (" as far as the client can judge" if any(
+                              "warnings" in result for result in results) else ""))
+        warnings = [f"{result['server']}: {text}" for result in results
+                    for text in result.get("warnings", [])]
+        ret.pop("warnings", None)
+        if warnings:
+            ret["warnings"] = warnings
+    ret.update(details)
+    return ret
+
+
+def _check_one(server: Settings, project: str | None,
+               ) -> tuple[dict[str, Any], SpiroDeployError | None]:
+    """One server's check: its result, and the error when it failed (else None)."""
+    import time
+
+    from .checks import check_token_scope, token_caveats
+    from .client import check_token as ask_server
+    from .client import safe_url
+
+    shown = safe_url(server.server)
+    try:
+        ask_server(server.server, server.token, server.sslverify, server.connect_timeout)
+        warnings = (check_token_scope(server.token, project).warnings
+                    if project is not None else [])
+    except SpiroDeployError as exc:
+        return {"server": shown, "result": False, "error": exc.message,
+                "exit_code": int(exc.exit_code)}, exc
+    caveats = token_caveats(server.token) or {}
     not_after = caveats.get("not_after")
     allowed = caveats.get("project_allow")
     ret: dict[str, Any] = {
+        "server": shown,
         "result": True,
-        "server": safe_url(settings.server),
         "message": "the server accepted the token",
         "projects": [str(p) for p in allowed] if isinstance(allowed, list) else None,
         "expires": (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(not_after))
@@ -400,7 +477,14 @@ def check_token(settings: Settings, project: str | None = None) -> dict[str, Any
         if warnings:
             ret["message"] += " as far as the client can judge"
             ret["warnings"] = warnings
-    return ret
+    return ret, None
+
+
+def token_check_details(error: BaseException) -> dict[str, Any]:
+    """``servers`` and ``failed_servers`` of a failed :func:`check_token`, for the
+    faces' error return; empty for any other error."""
+    details = getattr(error, "token_check", None)
+    return dict(details) if isinstance(details, dict) else {}
 
 
 def shown_server(settings: Settings | None, server: str | None) -> str | None:

@@ -151,20 +151,21 @@ def resolve_servers(
     common = {"insecure": insecure, "connect_timeout": connect_timeout,
               "read_timeout": read_timeout, "deadline": deadline, "need_token": need_token}
     if len(urls) <= 1:
-        for what, values in (("--token", tokens), ("--token-file", token_files),
-                             ("--ssl-cert", ssl_certs)):
+        for what, values in (("token_each", tokens), ("token_file_each", token_files),
+                             ("ssl_cert_each", ssl_certs)):
             if len(values) > 1:
-                raise ConfigError(f"{what} is given {len(values)} times for one server; "
-                                  "give it once per --server")
+                raise ConfigError(f"given {len(values)} times for one server",
+                                  setting=what, fix=f"{{{what}}} is {{what}}; give it once per "
+                                                    "{server_each}")
         return Settings.resolve(server=urls[0] if urls else None,
                                 token=tokens[0] if tokens else None,
                                 token_file=token_files[0] if token_files else None,
                                 ssl_cert=ssl_certs[0] if ssl_certs else None,
                                 environ=environ, **common)
     per_server = {
-        "token": _pair("--token", tokens, urls) or [None] * len(urls),
-        "token_file": _pair("--token-file", token_files, urls) or [None] * len(urls),
-        "ssl_cert": _pair("--ssl-cert", ssl_certs, urls) or [None] * len(urls),
+        "token": _pair("{token_each}", tokens, urls) or [None] * len(urls),
+        "token_file": _pair("{token_file_each}", token_files, urls) or [None] * len(urls),
+        "ssl_cert": _pair("{ssl_cert_each}", ssl_certs, urls) or [None] * len(urls),
     }
     # A server given neither a token nor a token file (None in the lists)
     # reads the environment: SPIRO_TOKEN_FILE, else SPIRO_TOKEN.
@@ -208,15 +209,19 @@ def _split(values: Sequence[str]) -> list[str]:
 
 
 def _pair(what: str, values: Sequence[str], urls: list[str]) -> list[str]:
-    """One value per server: a single value is shared, otherwise one each."""
+    """One value per server: a single value is shared, otherwise one each.
+
+    ``what`` names the setting: an environment variable, or a ``{token_each}``
+    field each face fills with its own name.
+    """
     if not values:
         return []
     if len(values) == 1:
         return list(values) * len(urls)
     if len(values) != len(urls):
-        raise ConfigError(f"{what} is given {len(values)} times for {len(urls)} servers; "
-                          "give it once (for every server) or once per server, in the "
-                          "same order")
+        raise ConfigError(f"given {len(values)} times for {len(urls)} servers",
+                          fix=what + " is {what}; give it once (for every server) or once "
+                          "per server, in the same order")
     return list(values)
 
 

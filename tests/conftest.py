@@ -11,10 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakeserver import FakeSpiroServer
-
-# REPO and make_token are also re-exported for the test modules that still
-# import them from here; new code imports them from tests.support.
-from tests.support import REPO, make_token  # noqa: F401
+from tests.support import make_token
 
 # In CI a skipped test is a test that did not run: fail the run instead of
 # counting it as passed (a platform guard that fires there means CI lacks

@@ -5,11 +5,11 @@
   fast writer is checked against: :func:`content_digest`,
   :func:`make_manifest`, :func:`build_manifest`, :func:`dump_manifest`;
 * peak-memory measurement in a child process: :func:`run_child`,
-  :func:`rss_growth`, :func:`fmt_bytes`, :class:`DiscardServer`;
+  :func:`rss_growth`, :func:`fmt_bytes`, :class:`DiscardServer`, :data:`RSS_BOUND`;
 * running the CLI as a subprocess and reading what it printed:
   :func:`run_cli`, :func:`describe`, :func:`events_and_report`, :func:`names`,
   :func:`assert_single_line_error`;
-* Salt on the bed: :func:`call`, :func:`sync_minion`.
+* Salt on the bed: :func:`call`, :func:`sync_minion`, :func:`state_results`.
 """
 
 from __future__ import annotations
@@ -102,6 +102,10 @@ def build_manifest(records: Sequence[tuple[str, int, str, int]], *,
 # --- peak memory in a child process --------------------------------------------------------
 
 MiB = 1 << 20
+#: Allowed peak-RSS growth while a large bundle is built, compressed or sent:
+#: generous, so the memory tests do not flake, and several times smaller
+#: than their artifacts, so a bundle held in memory cannot pass.
+RSS_BOUND = 64 * MiB
 
 # Runs in the child.  ``work()`` is defined by the case; ``warm()`` runs the
 # same code on a tiny input first, so imports, thread start-up and buffers
@@ -289,6 +293,25 @@ def assert_single_line_error(proc: subprocess.CompletedProcess, *fragments: str)
 def call(spiro_bed, *args, **kwargs):
     """``salt-call ARGS`` on the bed's minion."""
     return spiro_bed.salt_call_cli.run(*args, **kwargs)
+
+
+def state_results(data) -> list[dict]:
+    """Every state return (a dict with ``__run_num__``) inside a nested return."""
+    found = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            if "__run_num__" in value and "result" in value:
+                found.append(value)
+                return
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(data)
+    return found
 
 
 def sync_minion(spiro_bed) -> None:

@@ -34,16 +34,21 @@ def git_has_commit(root) -> bool:
     return proc.returncode == 0 and bool(proc.stdout.strip())
 
 
+#: Each face names the option that asked for git ({include_source_git}).
+_ASKED_FOR_GIT = "{include_source_git}: {what}"
+
+
 def _git_error(root, proc) -> BundleError:
     msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()
     last = msg[-1] if msg else f"exit status {proc.returncode}"
     text = " ".join(msg).lower()
     if "not a git repository" in text:
-        return BundleError(f"--include-source git: {show(root)} is not inside a git checkout")
+        return BundleError(f"{show(root)} is not inside a git checkout", setting="include_source",
+                           fix=_ASKED_FOR_GIT)
     if "not a valid object name" in text or "unknown revision" in text \
             or "does not have any commits" in text:
-        return BundleError(f"--include-source git: the git repository at {show(root)} has "
-                           "no commits")
+        return BundleError(f"the git repository at {show(root)} has no commits",
+                           setting="include_source", fix=_ASKED_FOR_GIT)
     return BundleError(f"git archive failed in {show(root)}: {last}")
 
 
@@ -66,8 +71,8 @@ def git_scanner(should_skip: Callable[[str], bool],
         try:
             proc = run_git(["archive", "--format=tar", "HEAD"], root_shown, stdout=holder.file)
         except FileNotFoundError:
-            raise BundleError("--include-source git: git is not installed "
-                              "(not found on PATH)") from None
+            raise BundleError("git is not installed (not found on PATH)",
+                              setting="include_source", fix=_ASKED_FOR_GIT) from None
         if proc.returncode != 0:
             raise _git_error(root_shown, proc)
         holder.file.seek(0)

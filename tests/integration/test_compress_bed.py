@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_cli_e2e import MANIFEST, SALT_FILES, describe, events_and_report, names, run_cli
+from tests.support import MANIFEST, SALT_FILES, describe, events_and_report, names, run_cli
 
 pytestmark = pytest.mark.timeout(240)
 

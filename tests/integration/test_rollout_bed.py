@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.saltbed.fleet import FLEET_IDS, spiro_fleet_fixture  # noqa: F401
+from tests.support import state_results
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -181,6 +182,26 @@ def test_when_everything_passes_every_minion_is_highstated_once(spiro_fleet, tmp
     assert {e.data["outcome"] for e in minion_events} == {"done"}
 
 
+def test_a_compressed_staged_deploy_really_highstates(spiro_fleet, tmp_path):
+    """``compress=gzip`` with ``batch``: the server gets the gzip and every minion is
+    highstated once, in batches."""
+    project = make_project(tmp_path)
+    try:
+        ret, progress, proc = salt_run(spiro_fleet, "spirodeploy.deploy", "hello", "r-gzip",
+                                       f"root={project}", "batch=2", "compress=gzip")
+        assert proc.returncode == 0, proc
+        assert ret["bundle"]["compression"] == "gzip"
+        assert ret["bundle"]["size"] < ret["bundle"]["tar_size"]
+        assert [e["event"] for e in ret["events"]] == ["deploy-bundle"]
+        assert (spiro_fleet.bed.deploy_dir("hello", "r-gzip") / "rollout.sls").is_file()
+        assert [b["minions"] for b in ret["rollout"]["batches"]] == [[FIRST, SECOND], [LAST]]
+        assert ret["rollout"]["minions"]["done"] == [FIRST, SECOND, LAST]
+        assert highstates(spiro_fleet, "hello/r-gzip") == {FIRST: 1, SECOND: 1, LAST: 1}
+        assert progress[-1] == "Rolled out hello/r-gzip: 3 of 3 minions done"
+    finally:
+        spiro_fleet.bed.remove_deployment("hello", "r-gzip")
+
+
 @pytest.mark.parametrize("option", ["batch=0", "batch=-1", "batch=200%", "batch=abc",
                                     "canary=nobody-here"])
 def test_bad_options_upload_nothing(spiro_fleet, tmp_path, option):
@@ -215,7 +236,7 @@ rollout-hello:
             ret = spiro_bed.salt_run_cli.run("state.orchestrate", "spirodeploy_rollout_orch",
                                              _timeout=300)
         assert ret.returncode != 0, ret
-        results = _state_returns(ret.data)
+        results = state_results(ret.data)
         assert len(results) == 1, ret
         (result,) = results
         assert result["result"] is False, result
@@ -227,21 +248,3 @@ rollout-hello:
         assert spiro_bed.root_token not in ret.stdout
     finally:
         spiro_bed.remove_deployment("hello", "r-orch")
-
-
-def _state_returns(data) -> list[dict]:
-    found = []
-
-    def walk(value):
-        if isinstance(value, dict):
-            if "__run_num__" in value and "result" in value:
-                found.append(value)
-                return
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(data)
-    return found

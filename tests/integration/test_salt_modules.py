@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, call, sync_minion
+from tests.support import REPO, call, state_results, sync_minion
 
 HIGHSTATE_EVENTS = ["deploy-bundle", "highstate-calc", "highstate-start", "highstate-update",
                     "highstate-finish"]
@@ -79,25 +79,6 @@ def bus_payload(event) -> dict:
     if isinstance(data, dict) and "cmd" in data and isinstance(data.get("data"), dict):
         return data["data"]
     return data
-
-
-def state_results(data) -> list[dict]:
-    """Every state return (a dict with ``__run_num__``) inside a nested return."""
-    found = []
-
-    def walk(value):
-        if isinstance(value, dict):
-            if "__run_num__" in value and "result" in value:
-                found.append(value)
-                return
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(data)
-    return found
 
 
 def assert_token_not_on_the_bus(spiro_bed, event_listener, since: float) -> None:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.integration.test_salt_modules import state_results
+from tests.support import state_results
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -33,14 +33,8 @@ from spirodeploy.builder import (
 from spirodeploy.builder.names import default_should_skip
 from spirodeploy.builder.tarformat import TarHeaders
 from spirodeploy.errors import BundleError, UsageError
-from spirodeploy.manifest import (
-    build_manifest,
-    content_digest,
-    dump_manifest,
-    make_manifest,
-    manifest_chunks,
-    manifest_parts,
-)
+from spirodeploy.manifest import manifest_chunks, manifest_parts
+from tests.support import build_manifest, content_digest, dump_manifest, make_manifest
 
 MiB = 1 << 20
 HAVE_GIT = shutil.which("git") is not None

@@ -19,8 +19,7 @@ from spirodeploy.compress import GZIP_HEADER, GzipWriter, build_compressed, chec
 from spirodeploy.deploy import deploy
 from spirodeploy.errors import BundleError, ExitCode, UsageError
 from spirodeploy.settings import Settings
-from tests.conftest import make_token
-from tests.unit.test_memory import BOUND, _DiscardServer, _fmt, _growth, _run_child
+from tests.support import RSS_BOUND, DiscardServer, fmt_bytes, make_token, rss_growth, run_child
 
 MiB = 1 << 20
 CODECS = ["zlib"] + (["isal"] if compressor().name.startswith("isal") else [])
@@ -164,13 +163,13 @@ def test_compressing_a_large_bundle_takes_bounded_memory(tmp_path):
     (root / "dist").mkdir()
     with open(root / "dist" / "big.bin", "wb") as f:
         f.truncate(256 * MiB)  # sparse zeros: the plain tar would be big
-    (root / "dist" / "noise.bin").write_bytes(os.urandom(2 * BOUND))  # its gzip too
+    (root / "dist" / "noise.bin").write_bytes(os.urandom(2 * RSS_BOUND))  # its gzip too
     (root / "dist" / "tiny.bin").write_bytes(b"x" * 1000)
-    server = _DiscardServer()
+    server = DiscardServer()
     token_file = tmp_path / "token"
     token_file.write_text(make_token() + "\n")
     try:
-        out = _run_child(f"""
+        out = run_child(f"""
             from spirodeploy import cli
 
             def deploy(*artifacts):
@@ -186,15 +185,15 @@ def test_compressing_a_large_bundle_takes_bounded_memory(tmp_path):
         """)
     finally:
         server.close()
-    assert server.received and server.received[-1] >= 2 * BOUND, server.received
-    growth = _growth(out)
-    assert growth < BOUND, f"a compressed deploy grew peak RSS by {_fmt(growth)}"
+    assert server.received and server.received[-1] >= 2 * RSS_BOUND, server.received
+    growth = rss_growth(out)
+    assert growth < RSS_BOUND, f"a compressed deploy grew peak RSS by {fmt_bytes(growth)}"
 
 
 def test_compressing_mixed_data_keeps_the_heap_flat():
     """Alternating random and text blocks (the shape of real artifacts): with ISA-L
     and glibc the heap grew by ~35 MiB per GiB until it was trimmed."""
-    out = _run_child("""
+    out = run_child("""
         import os
         from spirodeploy.compress import GzipWriter
 
@@ -215,8 +214,8 @@ def test_compressing_mixed_data_keeps_the_heap_flat():
 
         measure(lambda: work(8), lambda: work(1024))
     """)
-    growth = _growth(out)
-    assert growth < 16 * MiB, f"compressing 1 GiB ({out['result']}) grew peak RSS by {_fmt(growth)}"
+    growth = rss_growth(out)
+    assert growth < 16 * MiB, f"compressing 1 GiB ({out['result']}) grew peak RSS by {fmt_bytes(growth)}"
 
 
 # -- the option -------------------------------------------------------------------

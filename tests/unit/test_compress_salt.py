@@ -4,36 +4,17 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
-import tarfile
 
 import pytest
 
 from spirodeploy.compress import GZIP_HEADER
-from tests.conftest import make_token
-from tests.unit.test_salt_module import Bus, Fileserver, load_salt_file
-from tests.unit.test_salt_runner import JidEvent
+from tests.saltloader_support import Bus, JidEvent, load_salt_file
+from tests.support import make_token
 
 spiromod = load_salt_file("modules", "salt_ext_spirodeploy_module_compress")
 spirorunner = load_salt_file("runners", "salt_ext_spirodeploy_runner_compress")
 spirostates = load_salt_file("states", "salt_ext_spirodeploy_state_compress")
 TOKEN = make_token()
-
-
-@pytest.fixture
-def fileserver(fake_server):
-    """Serve each uploaded bundle as its saltenv, opened as SpiroFS opens it (auto-detected)."""
-    served = Fileserver()
-
-    def deployed(received):
-        if received.bundle is None:
-            return
-        with tarfile.open(fileobj=io.BytesIO(received.bundle)) as tar:
-            files = {m.name: tar.extractfile(m).read().decode() for m in tar if m.isfile()}
-        served.envs[f"{received.fields['project']}/{received.fields['deployment']}"] = files
-
-    fake_server.on_request = deployed
-    return served
 
 
 @pytest.fixture

@@ -13,9 +13,12 @@ from spirodeploy.deploy import deploy
 from spirodeploy.errors import ConfigError, ExitCode
 from spirodeploy.history import HistoryStore
 from spirodeploy.settings import resolve_servers
-from tests.conftest import make_token
 from tests.fakeserver import FakeSpiroServer, sse
 from tests.saltbed.bed import free_port
+from tests.saltloader_support import load_salt_file
+from tests.support import make_token
+
+spiromod = load_salt_file("modules", "salt_ext_spirodeploy_module_fanout")
 
 ACCEPTED = [sse("deploy-bundle", {"msg": "Deploying bundle"})]
 
@@ -234,8 +237,6 @@ def test_salt_servers_config_with_own_and_shared_tokens(tmp_path):
 @pytest.fixture
 def configure_loader_modules(tmp_path):
     """The execution module's loader dunders (salt-factories' loader mocking)."""
-    from tests.unit.test_salt_module import spiromod
-
     config: dict = {}
     events: list = []
     return {spiromod: {
@@ -248,8 +249,6 @@ def configure_loader_modules(tmp_path):
 
 
 def test_salt_module_deploys_to_spirodeploy_servers(project, servers):
-    from tests.unit.test_salt_module import spiromod
-
     first, second, _ = servers
     shared, own = make_token(), make_token({"not_before": 1})
     config, events = spiromod.__context__["config"], spiromod.__context__["events"]
@@ -263,3 +262,29 @@ def test_salt_module_deploys_to_spirodeploy_servers(project, servers):
     assert "highstate" not in second.received[0].fields
     assert events[0] == "spirodeploy/proj/prod/server-accepted"
     assert shared not in json.dumps(ret) and own not in json.dumps(ret)
+
+
+def test_another_servers_failure_is_told_in_the_callers_terms(project, token, tmp_path):
+    # The uploads to the other servers run in threads; a Salt face's
+    # naming() must reach them, or their messages name CLI flags.
+    import ssl
+
+    from spirodeploy.errors import naming
+    from spirodeploy.saltsupport import SALT_NAMES
+    from tests.saltbed.bed import make_tls_files
+
+    ours, strangers = make_tls_files(tmp_path / "ours"), make_tls_files(tmp_path / "other")
+    contexts = []
+    for files in (ours, strangers):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(files.server_cert, files.server_key)
+        contexts.append(context)
+    with FakeSpiroServer(tls_context=contexts[0]) as first, \
+            FakeSpiroServer(tls_context=contexts[1]) as second:
+        settings = resolve_servers([first.url, second.url], tokens=[token],
+                                   ssl_certs=[str(ours.ca_cert)])  # not the second's CA
+        with naming(SALT_NAMES):
+            report = deploy("proj", "prod", settings, root=str(project))
+        assert report.exit_code == ExitCode.CONNECTION and first.received == []
+    assert "ssl_cert=<CA file> (or spirodeploy:ssl_cert)" in report.error
+    assert "--ssl-cert" not in report.error

@@ -14,8 +14,8 @@ from spirodeploy import saltloader, saltsupport
 from spirodeploy.cli import build_parser
 from spirodeploy.output import HumanPrinter, JsonPrinter, shorten_message
 from spirodeploy.report import DeployReport
-from tests.conftest import REPO
 from tests.fakeserver import fleet_events, fleet_state
+from tests.support import REPO
 
 
 class Tty(io.StringIO):
@@ -290,7 +290,7 @@ def test_scrubs_quick_path_masks_exactly_what_the_full_search_masks():
     import random
 
     from spirodeploy.sanitize import _scrub_all, scrub, secrets_of
-    from tests.conftest import make_token
+    from tests.support import make_token
 
     token = make_token({"not_before": 1, "project_allow": ["proj"]})
     rng = random.Random(14)

@@ -437,3 +437,18 @@ def test_history_listing_shows_recorded_text_inert(cli, hdir):
     code, out, err = cli("proj", "prod", "--history")
     assert code == 0, err
     assert "\x1b" not in out and "\x07" not in out
+
+
+def test_a_fleets_log_entry_stays_small(cli, fake_server, hdir):
+    # Every deploy reads the whole log: an entry that named each of 10,000
+    # minions (130 KB) made each later deploy slower and bigger.
+    from tests.fakeserver import fleet_events
+
+    fake_server.default.chunks = list(fleet_events(1000, states=2, changed=0, fail_every=100))
+    code, _, _ = cli("proj", "prod")
+    assert code == ExitCode.DEPLOY_FAILED  # every 100th minion fails, as scripted
+    [entry] = entries(hdir)
+    minions = entry["minions"]
+    assert minions["counts"] == {"ok": 990, "failed": 10, "unreported": 0}
+    assert len(minions["ok"]) == 100 and len(minions["failed"]) == 10
+    assert len((hdir / "log.jsonl").read_bytes()) < 5000

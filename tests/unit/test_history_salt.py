@@ -11,8 +11,8 @@ import pytest
 from spirodeploy.history import HistoryStore
 from spirodeploy.manifest import read_manifest
 from tests.fakeserver import highstate_events
+from tests.saltloader_support import Bus, Fileserver, load_salt_file
 from tests.support import make_token
-from tests.unit.test_salt_module import Bus, Fileserver, load_salt_file
 
 spiromod = load_salt_file("modules", "salt_ext_spirodeploy_module_history")
 TOKEN = make_token()

@@ -10,8 +10,8 @@ import pytest
 
 from spirodeploy.history import HistoryStore
 from tests.fakeserver import highstate_events
+from tests.saltloader_support import Bus, Fileserver, load_salt_file
 from tests.support import make_token
-from tests.unit.test_salt_module import Bus, Fileserver, load_salt_file
 
 spiromod = load_salt_file("modules", "salt_ext_spirodeploy_module_history_state")
 spirostates = load_salt_file("states", "salt_ext_spirodeploy_state_history")

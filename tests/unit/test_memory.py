@@ -21,15 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import DiscardServer, MiB, fmt_bytes, make_token, rss_growth, run_child
+from tests.support import RSS_BOUND, DiscardServer, MiB, fmt_bytes, make_token, rss_growth, run_child
 
-#: Size of the sparse artifact.  Several times the bound below.
+#: Size of the sparse artifact.  Several times the bound, RSS_BOUND.
 ARTIFACT = 384 * MiB
-#: Allowed peak-RSS growth while bundling/uploading it.
-BOUND = 64 * MiB
-
-# The old names, for test_compress.py until it imports tests.support.
-_DiscardServer, _fmt, _growth, _run_child = DiscardServer, fmt_bytes, rss_growth, run_child
 
 pytestmark = pytest.mark.skipif(
     not (sys.platform.startswith("linux") and os.path.exists("/proc/self/clear_refs")),
@@ -69,9 +64,9 @@ def test_building_a_large_bundle_takes_bounded_memory(tmp_path):
     """)
     assert out["result"] >= ARTIFACT
     growth = rss_growth(out)
-    assert growth < BOUND, (
+    assert growth < RSS_BOUND, (
         f"building a bundle with a {fmt_bytes(ARTIFACT)} artifact grew peak RSS by {fmt_bytes(growth)} "
-        f"(bound {fmt_bytes(BOUND)}): the bundle is being held in memory")
+        f"(bound {fmt_bytes(RSS_BOUND)}): the bundle is being held in memory")
 
 
 def test_deploying_a_large_bundle_takes_bounded_memory(tmp_path):
@@ -98,6 +93,6 @@ def test_deploying_a_large_bundle_takes_bounded_memory(tmp_path):
         server.close()
     assert server.received and server.received[-1] >= ARTIFACT, server.received
     growth = rss_growth(out)
-    assert growth < BOUND, (
+    assert growth < RSS_BOUND, (
         f"deploying a bundle with a {fmt_bytes(ARTIFACT)} artifact grew peak RSS by {fmt_bytes(growth)} "
-        f"(bound {fmt_bytes(BOUND)}): the bundle is being held in memory")
+        f"(bound {fmt_bytes(RSS_BOUND)}): the bundle is being held in memory")

@@ -10,9 +10,11 @@ import pytest
 import xmlschema
 
 from tests.fakeserver import highstate_events
+from tests.saltloader_support import JidEvent, load_salt_file
 from tests.support import make_token
-from tests.unit.test_salt_module import spiromod
-from tests.unit.test_salt_runner import JidEvent, spirorunner
+
+spiromod = load_salt_file("modules", "salt_ext_spirodeploy_module_report_files")
+spirorunner = load_salt_file("runners", "salt_ext_spirodeploy_runner_report_files")
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "junit.xsd"
 TOKEN = make_token()

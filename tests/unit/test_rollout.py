@@ -4,31 +4,22 @@ runner's ``rollout`` and ``deploy batch=/canary=`` with a fake ``LocalClient``."
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import pytest
 
 from spirodeploy import rollout
 from spirodeploy.rollout import BatchSize, Canary, RolloutError, RolloutOptions
-from tests.fakeserver import sse
+from tests.rollout_support import (
+    BAD_STATE,
+    OK_STATE,
+    envelope,
+    runner_loader_modules,
+    upload_only,
+)
+from tests.saltloader_support import load_salt_file
 from tests.support import make_token
-from tests.unit.test_salt_module import load_salt_file
 
 TOKEN = make_token()
-OK_STATE = {"test_|-ok_|-ok_|-succeed_with_changes": {
-    "result": True, "changes": {"x": 1}, "comment": "Success!", "__run_num__": 0,
-    "__id__": "ok", "name": "ok"}}
-BAD_STATE = {"test_|-broken_|-broken_|-fail_without_changes": {
-    "result": False, "changes": {}, "comment": "Failure!", "__run_num__": 0,
-    "__id__": "broken", "name": "broken"}}
-
-
-def envelope(minion, ret, retcode=0, jid="20260101000000000001"):
-    """What ``LocalClient.cmd_batch(..., raw=True)`` yields for one minion."""
-    return {"tag": f"salt/job/{jid}/ret/{minion}",
-            "data": {"id": minion, "return": ret, "retcode": retcode, "jid": jid,
-                     "fun": "state.highstate", "success": True}}
 
 
 # --- options ---------------------------------------------------------------------
@@ -234,103 +225,15 @@ def test_a_salt_error_stops_the_rollout_and_keeps_what_came_before():
 
 
 # --- the runner, with a fake LocalClient ----------------------------------------------
+# (``local``, ``salt_functions``, ``jid_event`` and ``fired`` are in tests/unit/conftest.py)
 
 spirorunner = load_salt_file("runners", "salt_ext_spirodeploy_runner_rollout")
 
 
-class FakeLocalClient:
-    """Stands in for ``salt.client.LocalClient``: ``cmd_batch`` with raw returns."""
-
-    def __init__(self, fail=(), silent=()):
-        self.fail, self.silent = set(fail), set(silent)
-        self.calls = []
-        self.destroyed = 0
-
-    def cmd_batch(self, tgt, fun, arg=(), tgt_type="glob", ret="", kwarg=None, batch="10%",
-                  **kwargs):
-        self.calls.append({"tgt": list(tgt), "fun": fun, "tgt_type": tgt_type, "kwarg": kwarg,
-                           "batch": batch, **kwargs})
-        for minion in tgt:
-            if minion in self.silent:
-                yield {"data": {"id": minion, "return": {}, "retcode": 0}}
-                continue
-            bad = minion in self.fail
-            yield envelope(minion, BAD_STATE if bad else OK_STATE, 2 if bad else 0)
-
-    def destroy(self):
-        self.destroyed += 1
-
-    @property
-    def highstated(self):
-        return [m for call in self.calls for m in call["tgt"]]
-
-
-class JidEvent:
-    def __init__(self):
-        self.fired = []
-
-    def fire_event(self, data, suffix):
-        self.fired.append((suffix, data))
-
-    @property
-    def messages(self):
-        return [data["message"] for suffix, data in self.fired if suffix == "progress"]
-
-
-TOPS = {"m1": {"base": [], "p/prod": ["hello"]}, "m2": {"p/prod": ["hello"]},
-        "m3": {"p/prod": ["hello"]}, "other": {"base": ["x"]}}
-
-
-@pytest.fixture
-def local(monkeypatch):
-    client = FakeLocalClient()
-    salt_client = types.ModuleType("salt.client")
-    salt_client.get_local_client = lambda *args, **kwargs: client
-    monkeypatch.setitem(sys.modules, "salt.client", salt_client)
-    monkeypatch.setitem(sys.modules, "salt", types.ModuleType("salt"))
-    sys.modules["salt"].client = salt_client
-    return client
-
-
-@pytest.fixture
-def fired(monkeypatch):
-    events = []
-    monkeypatch.setattr(spirorunner.saltsupport, "fire_event",
-                        lambda opts, send, tag, data: events.append((tag, data)) or True)
-    return events
-
-
-class RunnerFunctions(dict):
-    """Stands in for the runner's ``__salt__`` (other runner functions)."""
-
-    def __init__(self, tops):
-        super().__init__()
-        self.show_top_calls = 0
-
-        def execute(tgt, fun, kwarg=None, **kwargs):
-            assert (tgt, fun, kwarg) == ("*", "state.show_top", {"concurrent": True})
-            self.show_top_calls += 1
-            return tops
-        self["salt.execute"] = execute
-
-
-@pytest.fixture
-def salt_functions():
-    return RunnerFunctions(TOPS)
-
-
-@pytest.fixture
-def jid_event():
-    return JidEvent()
-
-
 @pytest.fixture
 def configure_loader_modules(fake_server, tmp_path, salt_functions, jid_event):
-    opts = {"__role": "master", "conf_file": str(tmp_path / "master"),
-            "sock_dir": str(tmp_path / "sock"), "cachedir": str(tmp_path),
-            "spirodeploy": {"server": fake_server.url, "token": TOKEN, "insecure": True}}
-    return {spirorunner: {"__opts__": opts, "__context__": {}, "__salt__": salt_functions,
-                          "__jid_event__": jid_event}}
+    return runner_loader_modules(spirorunner, fake_server.url, TOKEN, tmp_path, salt_functions,
+                                 jid_event)
 
 
 def test_runner_rollout_canary_then_batches(local, fired, jid_event):
@@ -414,11 +317,6 @@ def test_runner_rollout_rollback_hook(local, fired, salt_functions):
     assert called == [("p", "prod", {"server": "https://salt:4510/"})]
     assert ret["on_failure"] == {"result": True, "summary": "rolled back"}
     assert ret["minions"]["never_started"] == ["m2", "m3"]
-
-
-def upload_only(fake_server):
-    """The server's answer to a deploy without highstate."""
-    fake_server.then(chunks=[sse("deploy-bundle", {"msg": "Deploying bundle"})])
 
 
 def test_runner_deploy_with_batch_uploads_without_highstate_then_rolls_out(

@@ -9,68 +9,23 @@ import json
 
 import pytest
 
-from tests.fakeserver import sse
+from tests.rollout_support import state_loader_modules, upload_only, uploads
+from tests.saltloader_support import load_salt_file
 from tests.support import make_token
-from tests.unit.test_salt_state import bus, fileserver, spiromod, spirostates  # noqa: F401
+
+spiromod = load_salt_file("modules", "salt_ext_spirodeploy_module_rollout_state")
+spirostates = load_salt_file("states", "salt_ext_spirodeploy_state_rollout")
 
 TOKEN = make_token()
 
-
-class Runners:
-    """Stands in for ``saltutil.runner``: answers ``spirodeploy.rollout`` calls."""
-
-    def __init__(self):
-        self.calls = []
-        self.check = {"result": True, "test": True, "batches": [["m1"], ["m2"]]}
-        self.outcome = {"result": True, "summary": "Rolled out proj/prod: 2 of 2 minions done",
-                        "minions": {"done": ["m1", "m2"], "failed": [], "no_response": [],
-                                    "never_started": []},
-                        "stopped_at_batch": None, "jids": ["1", "2"], "on_failure": None}
-
-    def __call__(self, name, arg=None, kwarg=None, **kwargs):
-        self.calls.append((name, list(arg or []), dict(kwarg or {})))
-        return self.check if (kwarg or {}).get("test") else self.outcome
+# On the master the state fires straight onto the bus; ``fired`` keeps it off the real one.
+pytestmark = pytest.mark.usefixtures("fired")
 
 
 @pytest.fixture
-def runners():
-    return Runners()
-
-
-@pytest.fixture(autouse=True)
-def no_master_bus(monkeypatch):
-    """On the master the state fires straight onto the bus; there is none here."""
-    monkeypatch.setattr(spirostates.saltsupport, "fire_event", lambda *args: True)
-
-
-@pytest.fixture
-def opts(tmp_path):
-    return {"id": "master_master", "__role": "master", "cachedir": str(tmp_path / "cache"),
-            "test": False}
-
-
-@pytest.fixture
-def configure_loader_modules(fake_server, bus, fileserver, opts, runners):  # noqa: F811
-    config = {"spirodeploy:server": fake_server.url, "spirodeploy:token": TOKEN,
-              "spirodeploy:insecure": True}
-    salt = {
-        "config.get": lambda key, default="": config.get(key, default),
-        "event.send": bus.send,
-        "cp.list_master": fileserver.list_master,
-        "cp.get_file_str": fileserver.get_file_str,
-        "saltutil.runner": runners,
-    }
-    salt["spirodeploy.status"] = spiromod.status
-    return {spiromod: {"__opts__": opts, "__salt__": salt, "__context__": {}},
-            spirostates: {"__opts__": opts, "__salt__": salt, "__context__": {}}}
-
-
-def uploads(fake_server):
-    return [r for r in fake_server.received if r.method == "POST"]
-
-
-def upload_only(fake_server):
-    fake_server.then(chunks=[sse("deploy-bundle", {"msg": "Deploying bundle"})])
+def configure_loader_modules(fake_server, bus, fileserver, orchestration_opts, runners):
+    return state_loader_modules(spiromod, spirostates, fake_server.url, TOKEN,
+                                orchestration_opts, bus, fileserver, runners)
 
 
 def test_staged_state_uploads_without_highstate_then_rolls_out(project, fake_server, runners):
@@ -119,8 +74,8 @@ def test_bad_options_fail_before_the_upload(project, fake_server, runners):
     assert uploads(fake_server) == [] and len(runners.calls) == 1
 
 
-def test_staged_needs_the_master(project, fake_server, runners, opts):
-    opts["__role"] = "minion"
+def test_staged_needs_the_master(project, fake_server, runners, orchestration_opts):
+    orchestration_opts["__role"] = "minion"
     ret = spirostates.deployed("proj/prod", root=str(project), batch=1)
     assert ret["result"] is False and "in an orchestration" in ret["comment"]
     assert uploads(fake_server) == [] and runners.calls == []

@@ -1,21 +1,32 @@
 """The runner's progress lines carry server text: no token, no terminal control,
-with the loader fixtures of test_salt_runner."""
+with loader dunders as in test_salt_runner.py."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
+import salt.runners.config as config_runner
 
 from tests.fakeserver import sse
-from tests.unit.test_salt_runner import (  # noqa: F401 - fixtures used by name
-    TOKEN,
-    configure_loader_modules,
-    fired,
-    jid_event,
-    master_opts,
-    spirorunner,
-)
+from tests.saltloader_support import Bus, load_salt_file
+from tests.support import make_token
+
+spirorunner = load_salt_file("runners", "salt_ext_spirodeploy_runner_progress_security")
+
+TOKEN = make_token()
+
+
+@pytest.fixture
+def configure_loader_modules(fake_server, tmp_path, jid_event):
+    master_opts = {"__role": "master", "sock_dir": str(tmp_path / "sock"), "cachedir": str(tmp_path),
+                   "spirodeploy": {"server": fake_server.url, "token": TOKEN, "insecure": True}}
+    return {
+        spirorunner: {"__opts__": master_opts, "__context__": {}, "__jid_event__": jid_event,
+                      "__salt__": {"config.get": config_runner.get, "event.send": Bus().send}},
+        config_runner: {"__opts__": master_opts},
+    }
+
 
 RAW_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2028\u2029]")
 

@@ -14,10 +14,10 @@ import pytest
 from spirodeploy import client, saltsupport
 from spirodeploy.cli import main
 from spirodeploy.errors import CLI_NAMES, ConfigError, StreamTimeout, naming
-from tests.conftest import REPO, make_token
 from tests.fakeserver import FakeSpiroServer
 from tests.saltbed.bed import make_tls_files
-from tests.unit.test_salt_module import Bus, Fileserver, load_salt_file
+from tests.saltloader_support import Bus, Fileserver, load_salt_file
+from tests.support import REPO, make_token
 
 spiromod = load_salt_file("modules", "salt_ext_spirodeploy_module_for_messages")
 spirostates = load_salt_file("states", "salt_ext_spirodeploy_state_for_messages")
@@ -276,3 +276,56 @@ def test_the_library_upload_still_refuses_bad_names(fake_server):
             client.upload(fake_server.url, TOKEN, iter([b""]), project, deployment,
                           sslverify=False)
     assert fake_server.received == []
+
+
+# --- messages from the builder, the history and several servers -------------------------
+
+def _in_both_terms(raise_it) -> tuple[str, str]:
+    """The message of the error ``raise_it`` raises, as the CLI and a Salt face show it."""
+    with pytest.raises(Exception) as cli_error:
+        raise_it()
+    with naming(saltsupport.SALT_NAMES), pytest.raises(Exception) as salt_error:
+        raise_it()
+    return cli_error.value.message, salt_error.value.message
+
+
+def test_git_source_errors_name_each_faces_option(tmp_path):
+    from spirodeploy.builder.gitscan import git_scanner
+
+    cli_text, salt_text = _in_both_terms(lambda: list(git_scanner(lambda _: False, tmp_path)))
+    assert cli_text.startswith("--include-source git: ") and "not inside a git checkout" in cli_text
+    assert salt_text.startswith("include_source=git: ") and not CLI_FLAG.search(salt_text)
+
+
+def test_rollback_errors_name_each_faces_option(tmp_path):
+    import hashlib
+
+    from spirodeploy.history import HistoryStore
+    from spirodeploy.rollback import plan_rollback
+
+    store = HistoryStore(str(tmp_path))
+    store.ensure()
+    bundle = tmp_path / "bundles" / ".bundle.x.tmp"
+    bundle.write_bytes(b"x")
+    store.append({"project": "p", "deployment": "d", "exit_code": 0, "deployed": True,
+                  "sha256": hashlib.sha256(b"x").hexdigest(), "digest": "d" * 64}, str(bundle))
+    # The only deploy is what is served: nothing earlier to go back to...
+    cli_text, salt_text = _in_both_terms(lambda: plan_rollback(store, "p", "d"))
+    assert cli_text.endswith("name one with --to")
+    assert salt_text.endswith("name one with to=<entry>") and not CLI_FLAG.search(salt_text)
+    # ...and naming it is "nothing to do" unless forced.
+    cli_text, salt_text = _in_both_terms(lambda: plan_rollback(store, "p", "d", to=1))
+    assert cli_text.endswith("(--force deploys it again)")
+    assert salt_text.endswith("(force=True deploys it again)")
+
+
+@pytest.mark.parametrize("tokens", [["a" * 20, "b" * 20], ["a" * 20, "b" * 20, "c" * 20]])
+def test_per_server_counts_name_each_faces_option(tokens):
+    from spirodeploy.settings import resolve_servers
+
+    servers = ["https://a/"] if len(tokens) == 2 else ["https://a/", "https://b/"]
+    cli_text, salt_text = _in_both_terms(
+        lambda: resolve_servers(servers, tokens=tokens, environ={}))
+    assert cli_text.startswith(f"--token is given {len(tokens)} times for ")
+    assert salt_text.startswith(f"token is given {len(tokens)} times for ")
+    assert not CLI_FLAG.search(salt_text)

@@ -4,7 +4,6 @@ fake SpiroFS server in tests/fakeserver.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import sys
@@ -13,54 +12,17 @@ import tarfile
 import pytest
 
 from spirodeploy import state as spirostate
-from tests.conftest import REPO, make_token
 from tests.fakeserver import highstate_events, sse
+from tests.saltloader_support import Fileserver, load_salt_file
+from tests.support import REPO, make_token
 
 VIRTUAL_REFUSAL = (False, "install spiro-deploy 1.0 or newer: pip install \"spiro-deploy>=1.0\" "
                            "(onedir Salt packages: salt-pip install \"spiro-deploy>=1.0\")")
 
 
-def load_salt_file(kind: str, name: str):
-    """Import _<kind>/spirodeploy_mod.py as a plain module named ``name``."""
-    path = REPO / f"_{kind}" / "spirodeploy_mod.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 spiromod = load_salt_file("modules", "salt_ext_spirodeploy_module")
 
 TOKEN = make_token()
-
-
-class Bus:
-    """Stands in for ``event.send``: records what the module fires."""
-
-    def __init__(self):
-        self.events = []
-
-    def send(self, tag, data=None, **kwargs):
-        self.events.append((tag, data))
-        return True
-
-    @property
-    def tags(self):
-        return [tag for tag, _ in self.events]
-
-
-class Fileserver:
-    """``cp.list_master``/``cp.get_file_str`` over {saltenv: {path: text}}."""
-
-    def __init__(self):
-        self.envs = {}
-
-    def list_master(self, saltenv="base", prefix=""):
-        return sorted(self.envs.get(saltenv, {}))
-
-    def get_file_str(self, path, saltenv="base"):
-        return self.envs.get(saltenv, {}).get(path[len("salt://"):], False)
 
 
 @pytest.fixture
@@ -70,12 +32,9 @@ def config():
 
 
 @pytest.fixture
-def bus():
-    return Bus()
-
-
-@pytest.fixture
 def fileserver():
+    """An empty fileserver that the tests fill in (not tests/unit/conftest.py's, which
+    serves what the fake server received)."""
     return Fileserver()
 
 

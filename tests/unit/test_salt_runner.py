@@ -10,9 +10,9 @@ import logging
 import pytest
 import salt.runners.config as config_runner
 
-from tests.conftest import make_token
 from tests.fakeserver import highstate_events
-from tests.unit.test_salt_module import Bus, load_salt_file
+from tests.saltloader_support import Bus, load_salt_file
+from tests.support import make_token
 
 spirorunner = load_salt_file("runners", "salt_ext_spirodeploy_runner")
 
@@ -23,38 +23,10 @@ VIRTUAL_REFUSAL = (False, "install spiro-deploy 1.0 or newer: pip install \"spir
                            "(onedir Salt packages: salt-pip install \"spiro-deploy>=1.0\")")
 
 
-class JidEvent:
-    """Stands in for the runner's ``__jid_event__``."""
-
-    def __init__(self):
-        self.fired = []
-
-    def fire_event(self, data, suffix):
-        self.fired.append((suffix, data))
-
-    @property
-    def messages(self):
-        return [data["message"] for suffix, data in self.fired if suffix == "progress"]
-
-
-@pytest.fixture
-def jid_event():
-    return JidEvent()
-
-
 @pytest.fixture
 def master_opts(fake_server, tmp_path):
     return {"__role": "master", "sock_dir": str(tmp_path / "sock"), "cachedir": str(tmp_path),
             "spirodeploy": {"server": fake_server.url, "token": TOKEN, "insecure": True}}
-
-
-@pytest.fixture
-def fired(monkeypatch):
-    """Events the runner puts on the master's bus."""
-    events = []
-    monkeypatch.setattr(spirorunner.saltsupport, "fire_event",
-                        lambda opts, send, tag, data: events.append((tag, data)) or True)
-    return events
 
 
 @pytest.fixture

@@ -5,16 +5,14 @@ last bundle the fake server received."""
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 
 import pytest
 
 from spirodeploy import state as spirostate
-from tests.conftest import make_token
 from tests.fakeserver import highstate_events, sse
-from tests.unit.test_salt_module import Bus, Fileserver, load_salt_file
+from tests.saltloader_support import load_salt_file
+from tests.support import make_token
 
 spiromod = load_salt_file("modules", "salt_ext_spirodeploy_module_for_states")
 spirostates = load_salt_file("states", "salt_ext_spirodeploy_state")
@@ -24,27 +22,6 @@ TOKEN = make_token()
 
 VIRTUAL_REFUSAL = (False, "install spiro-deploy 1.0 or newer: pip install \"spiro-deploy>=1.0\" "
                            "(onedir Salt packages: salt-pip install \"spiro-deploy>=1.0\")")
-
-
-@pytest.fixture
-def bus():
-    return Bus()
-
-
-@pytest.fixture
-def fileserver(fake_server):
-    """Serve each uploaded bundle as saltenv <project>/<deployment>, as SpiroFS does."""
-    served = Fileserver()
-
-    def deployed(received):
-        if received.bundle is None:
-            return
-        with tarfile.open(fileobj=io.BytesIO(received.bundle)) as tar:
-            files = {m.name: tar.extractfile(m).read().decode() for m in tar if m.isfile()}
-        served.envs[f"{received.fields['project']}/{received.fields['deployment']}"] = files
-
-    fake_server.on_request = deployed
-    return served
 
 
 @pytest.fixture

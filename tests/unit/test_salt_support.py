@@ -14,7 +14,7 @@ from spirodeploy import saltloader, saltsupport
 from spirodeploy import state as spirostate
 from spirodeploy.errors import ConfigError, ConnectError, InvalidNameError
 from spirodeploy.report import DeployReport
-from tests.conftest import REPO, make_token
+from tests.support import REPO, make_token
 
 TOKEN = make_token()
 
@@ -305,9 +305,11 @@ def test_check_token_says_what_the_token_allows(fake_server):
     settings = saltsupport.resolve_settings(None, server=fake_server.url, token=token,
                                             insecure=True, environ={})
     ret = saltsupport.check_token(settings, project="p")
-    assert ret == {"result": True, "server": fake_server.url, "project": "p",
-                   "message": "the server accepted the token and it may deploy project p",
-                   "projects": ["p"], "expires": "2100-01-01T00:00:00Z"}
+    one = {"result": True, "server": fake_server.url, "project": "p",
+           "message": "the server accepted the token and it may deploy project p",
+           "projects": ["p"], "expires": "2100-01-01T00:00:00Z"}
+    # One server: the keys it always had, plus the per-server part (multi-master).
+    assert ret == {**one, "servers": [one], "failed_servers": []}
     assert fake_server.received[0].headers["Authorization"] == f"Bearer {token}"
 
 

@@ -22,8 +22,8 @@ from spirodeploy import tokens
 from spirodeploy.checks import check_token_scope, token_caveats
 from spirodeploy.errors import ExitCode, TokenExpired, TokenNotAllowed, UsageError
 from spirodeploy.token_cli import main
+from tests.saltloader_support import load_salt_file
 from tests.support import REPO, make_token
-from tests.unit.test_salt_module import load_salt_file
 
 KEY = "server-secret-key"
 NOW = 1_800_000_000.0
