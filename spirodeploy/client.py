@@ -851,6 +851,87 @@ def _urllib3_major() -> int:
         return 0
 
 
+class _SendsStreamsWhole:
+    """Mixed into urllib3's connections: a streamed bundle frames its own chunks.
+
+    For a body of unknown length urllib3 copies every chunk into a new object
+    with its framing (2.x: ``b"%x\\r\\n%b\\r\\n" % ...``; 1.26 a bytearray):
+    the whole bundle is copied once more, and in the 64 KiB pieces that keep
+    those copies off fresh memory that is 16,384 chunks a GiB, each sent as
+    four full TLS records and one of 7 bytes that the server reads on its
+    own.  These connections hand a
+    :class:`~spirodeploy.multipart.MultipartStream` their ``send`` instead
+    (:meth:`~spirodeploy.multipart.MultipartStream.send_chunked`): the
+    builder's 1 MiB buffers go out whole and uncopied.  urllib3 still
+    sends the headers first and the final empty chunk last; any other body
+    is sent as urllib3 sends it.
+
+    While the body goes out the socket is corked (Linux ``TCP_CORK``): TLS
+    writes each 16 KiB record on its own, and with ``TCP_NODELAY`` (urllib3
+    sets it) each record's last partial segment went out alone; corked, only
+    full segments go until the body is done.  On loopback (64 KiB segments)
+    that wakes the server 4 times less often; with both cores busy (the
+    benchmark VM) the sink server took a fifth less CPU a GiB (0.67-0.73 s
+    instead of 0.80-0.88 s) and there were half as many context switches.
+    """
+
+    def request(self, method, url, body=None, headers=None, **kwargs):
+        if kwargs.get("chunked"):
+            body = self._zero_copy(body)
+        return super().request(method, url, body, headers, **kwargs)
+
+    def request_chunked(self, method, url, body=None, headers=None, **kwargs):
+        # urllib3 1.26's chunked request (2.x's calls request(chunked=True)).
+        return super().request_chunked(method, url, self._zero_copy(body), headers, **kwargs)
+
+    def _zero_copy(self, body):
+        from .multipart import MultipartStream
+
+        return self._corked(body) if isinstance(body, MultipartStream) else body
+
+    def _corked(self, body) -> Iterator[bytes]:
+        # Runs inside urllib3's body loop: the headers are out, the socket open.
+        sock = self.sock
+        corked = _cork(sock, True)
+        try:
+            yield from body.send_chunked(self.send)
+        finally:
+            if corked:
+                _cork(sock, False)  # sends what is held at once
+
+
+def _cork(sock, on: bool) -> bool:
+    """Set ``TCP_CORK`` on ``sock`` (True if it could be: Linux, TCP)."""
+    option = getattr(socket, "TCP_CORK", None)
+    setsockopt = getattr(sock, "setsockopt", None)  # pyOpenSSL's sockets have none
+    if option is None or setsockopt is None:
+        return False
+    try:
+        setsockopt(socket.IPPROTO_TCP, option, int(on))
+    except OSError:  # not TCP, or closed already
+        return False
+    return True
+
+
+def _whole_chunk_pools() -> dict[str, type]:
+    """urllib3's pool classes by scheme, with :class:`_SendsStreamsWhole` connections."""
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    class _HTTPConnection(_SendsStreamsWhole, HTTPConnectionPool.ConnectionCls):
+        pass
+
+    class _HTTPSConnection(_SendsStreamsWhole, HTTPSConnectionPool.ConnectionCls):
+        pass
+
+    class _HTTPPool(HTTPConnectionPool):
+        ConnectionCls = _HTTPConnection
+
+    class _HTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = _HTTPSConnection
+
+    return {"http": _HTTPPool, "https": _HTTPSPool}
+
+
 def _session():
     import requests
     from requests.adapters import HTTPAdapter
@@ -871,6 +952,7 @@ def _session():
                 # blocksize and refuses the keyword.
                 kwargs["blocksize"] = _CHUNK
             super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = _whole_chunk_pools()
 
     session = requests.Session()
     adapter = _Adapter(max_retries=0)

@@ -489,6 +489,12 @@ class Recording:
             finally:
                 bundle.seek(start)
             return bundle
+        whole = getattr(bundle, "whole_blocks", None)
+        if whole is not None:
+            # Keep the builder's whole blocks on offer to a sender that takes them.
+            from .stream import Pieces
+
+            return Pieces(self._tee(whole()))
         return self._tee(bundle)
 
     def _tee(self, chunks: Iterable[bytes]) -> Iterator[bytes]:

@@ -16,9 +16,9 @@ memory.  The framing itself is a few lines (RFC 7578).
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import IO
+from typing import IO, Any
 
 BLOCK = 1024 * 1024
 
@@ -26,7 +26,9 @@ BLOCK = 1024 * 1024
 def _framing(fields: Mapping[str, str], file_field: str, filename: str,
              content_type: str) -> tuple[str, bytes, bytes]:
     """``(boundary, head, tail)``: everything of the body around the file's bytes."""
-    boundary = uuid.uuid4().hex
+    # 128 random bits, as uuid4().hex gives, without importing uuid (10 ms of
+    # start-up, before the first byte of the upload).
+    boundary = os.urandom(16).hex()
     dash = f"--{boundary}\r\n"
     head = "".join(
         f'{dash}Content-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
@@ -163,3 +165,46 @@ class MultipartStream:
         if self._progress is not None:
             self._progress(self.sent, None)
         return piece
+
+    def send_chunked(self, send: Callable[[bytes | memoryview], Any]) -> Iterator[bytes]:
+        """Send the body through ``send`` (a connection's sendall) as HTTP/1.1 chunks.
+
+        A generator that yields nothing: it stands in for the body in the
+        HTTP client's own chunk loop, which then only sends the final empty
+        chunk.  Unlike that loop it copies no block: each goes out as it is,
+        after its chunk-size line (the CRLF that ends a chunk rides with the
+        next size line).  Blocks come whole where the iterable offers them
+        (``whole_blocks()``, :class:`spirodeploy.stream.Pieces`): a 1 MiB
+        chunk each instead of 16 of 64 KiB.  If the blocks fail,
+        :class:`SourceFailed` is raised before the closing boundary, as by
+        :meth:`__iter__`; errors of ``send`` itself pass through as they are.
+        """
+        self._send_chunks(send)
+        yield from ()
+
+    def _send_chunks(self, send: Callable[[bytes | memoryview], Any]) -> None:
+        if self._started:
+            raise RuntimeError("a streamed body can only be sent once")
+        self._started = True
+        whole = getattr(self._blocks, "whole_blocks", None)
+        blocks = iter(whole() if whole is not None else self._blocks)
+        send(b"%x\r\n%b" % (len(self._head), self._head))
+        self._count(self._head)
+        while True:
+            try:
+                block = next(blocks)
+            except StopIteration:
+                break
+            except BaseException as exc:
+                if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                    raise
+                raise SourceFailed(exc) from exc
+            if len(block):
+                send(b"\r\n%x\r\n" % len(block))
+                send(block)
+                self._count(block)
+        send(b"\r\n%x\r\n%b\r\n" % (len(self._tail), self._tail))
+        self._count(self._tail)
+        self.complete = True
+        if self._progress is not None:
+            self._progress(self.sent, self.sent)

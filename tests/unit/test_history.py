@@ -77,7 +77,8 @@ def test_every_deploy_is_recorded_with_the_uploaded_bytes(cli, fake_server, hdir
     assert entry["sha256"] == sha(uploaded)
     assert (hdir / "bundles" / f"{entry['sha256']}.tar").read_bytes() == uploaded
     assert entry["id"] == 1 and entry["exit_code"] == 0 and entry["deployed"] is True
-    assert entry["minions"] == {"ok": ["minion-1"], "failed": [], "unreported": []}
+    assert entry["minions"] == {"ok": ["minion-1"], "failed": [], "unreported": [],
+                                "counts": {"ok": 1, "failed": 0, "unreported": 0}}
     assert entry["digest"] and len(entry["digest"]) == 64
     assert entry["server"] == fake_server.url.rstrip("/") + "/" or entry["server"].startswith(
         "http://127.0.0.1")
