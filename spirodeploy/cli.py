@@ -171,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(printer, watch.interrupted(), ExitCode.INTERRUPTED)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        printer.close()
 
 
 def _run(args: argparse.Namespace, printer, watch: _Watch) -> int:

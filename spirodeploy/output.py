@@ -199,6 +199,9 @@ class HumanPrinter:
         for text in comment.strip().splitlines()[:20]:
             self.line(f"           {text}", style)
 
+    def close(self) -> None:
+        """Nothing is left to print (the JSON printer may still be printing)."""
+
     def finish(self, report: DeployReport) -> None:
         """The end: the counts, failed minions with their failed states, the silent ones."""
         self._close_bar()
@@ -264,23 +267,50 @@ class HumanPrinter:
 class JsonPrinter:
     """One JSON object per line: each event, then ``{"report": ...}``."""
 
+    #: Printed bytes after which the masking moves to another process
+    #: (:mod:`spirodeploy.maskpipe`): a fleet's stream, not a small deploy.
+    MASK_ELSEWHERE_AFTER = 1 << 20
+
     def __init__(self, out: IO[str] | None = None, err: IO[str] | None = None,
                  secrets: tuple[str | None, ...] = ()):
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.secrets: list[str] = []
+        self._printed = 0
+        self._pipe: Any = None  # a maskpipe.MaskingPipe, once the output is big
+        self._pipe_tried = False
         self.hide(*secrets)
 
     def hide(self, *secrets: str | None) -> None:
         """Mask these (the token) in everything printed from now on."""
-        self.secrets.extend(secret for secret in secrets if secret)
+        new = [secret for secret in secrets if secret]
+        self.secrets.extend(new)
+        if self._pipe is not None:
+            self._pipe.hide(*new)
+
+    def close(self) -> None:
+        """Wait until every line is printed (the masking process has finished)."""
+        if self._pipe is not None:
+            self._pipe.close()
+
+    def _print(self, line: str) -> None:
+        """Print one line (no newline in it), the token masked."""
+        if self._pipe is not None:
+            self._pipe.write(line + "\n")
+            return
+        print(scrub(line, self.secrets), file=self.out, flush=True)
+        self._printed += len(line)
+        if self._printed > self.MASK_ELSEWHERE_AFTER and not self._pipe_tried:
+            from . import maskpipe
+
+            self._pipe_tried = True
+            self._pipe = maskpipe.start(self.out, self.secrets)
 
     def _emit(self, obj: dict[str, Any]) -> None:
         # json.dumps escapes every control and non-ASCII character (C1,
         # U+2028, bidi overrides) as \uXXXX, and a token's characters need no
         # escaping, so masking the encoded line finds it in any string or key.
-        print(scrub(json.dumps(obj, sort_keys=True), self.secrets), file=self.out,
-              flush=True)
+        self._print(json.dumps(obj, sort_keys=True))
 
     def warn(self, text: str) -> None:
         print(clean(f"Warning: {text}", self.secrets), file=self.err, flush=True)
@@ -300,8 +330,7 @@ class JsonPrinter:
         if source is not None and _passes_through(source):
             # The server's JSON as it came: decoding it proved it valid, and
             # printable ASCII on one line is what json.dumps would give too.
-            print(scrub(f'{{"data": {source}, "event": {json.dumps(event)}}}', self.secrets),
-                  file=self.out, flush=True)
+            self._print(f'{{"data": {source}, "event": {json.dumps(event)}}}')
         else:
             self._emit({"event": event, "data": data})
 
@@ -312,21 +341,26 @@ class JsonPrinter:
         marker = "\x00results\x00"  # json.dumps escapes it: it cannot occur in the data
         data["results"] = marker
         head, tail = json.dumps({"report": data}, sort_keys=True).split(json.dumps(marker))
-        write = self.out.write
-        write(scrub(head, self.secrets) + "{")
+        # Each piece is masked alone (a token cannot span two, as pieces are
+        # cut between JSON values); the masking process masks the whole line.
+        pipe = self._pipe
+        write, mask = (pipe.write, _as_is) if pipe is not None else (self.out.write, scrub)
+        write(mask(head, self.secrets) + "{")
         for index, (name, minion) in enumerate(sorted(report.minions.items())):
-            # Each piece is masked alone: a token cannot span two, as pieces
-            # are cut between JSON values.
-            write((", " if index else "") + scrub(
+            write((", " if index else "") + mask(
                 f"{json.dumps(name)}: {json.dumps(minion.to_dict(), sort_keys=True)}",
                 self.secrets))
-        write("}" + scrub(tail, self.secrets) + "\n")
-        self.out.flush()
+        write("}" + mask(tail, self.secrets) + "\n")
+        (pipe or self.out).flush()
 
     def error(self, message: str, exit_code: int) -> None:
         """The error the command ends with: a line on stderr and a JSON object."""
         print(clean(f"spiro-deploy: error: {message}", self.secrets), file=self.err, flush=True)
         self._emit({"error": {"message": message, "exit_code": exit_code}})
+
+
+def _as_is(text: str, secrets: Any) -> str:
+    return text
 
 
 def _passes_through(source: str) -> bool:

@@ -81,6 +81,13 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     return _scrub_all(text, secrets)
 
 
+def may_hold_secret(data: bytes, secrets: Iterable[str]) -> bool:
+    """False when ``data`` (UTF-8) holds no secret and no 12+ characters of one,
+    so :func:`scrub` would give its text back unchanged."""
+    secrets = secrets_of(secrets)
+    return bool(secrets) and _byte_slices(tuple(secrets)).search(data) is not None
+
+
 def _scrub_all(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, MASK)
@@ -100,17 +107,38 @@ def _scrub_all(text: str, secrets: list[str]) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _slices(secrets: tuple[str, ...]) -> re.Pattern[str]:
-    # ``secrets`` as secrets_of gives them: all 8+ characters long.  A run of
-    # 12 characters starting at a covers the slices that start at a to a+6:
-    # seven places, one of them a multiple of 7.  One pattern for them all
-    # scans 1.7x faster than a search per slice.
+    # ``secrets`` as secrets_of gives them: all 8+ characters long.  One
+    # pattern for every slice scans 2.5-3x faster than a search per slice.
     found: set[str] = set()
     for secret in secrets:
         if len(secret) < MIN_PIECE:
             found.add(secret)  # masked only whole
         else:
-            found.update(secret[i:i + 6] for i in range(0, len(secret) - 5, 7))
+            found.update(secret[start:start + 6] for start in _slice_starts(secret))
     return re.compile("|".join(re.escape(piece) for piece in sorted(found)))
+
+
+def _slice_starts(secret: str) -> list[int]:
+    """Where the 6-character slices start: any 12-character piece holds one.
+
+    A piece that starts at ``a`` holds the slices that start at ``a`` to
+    ``a + 6``, so the starts are at most 7 apart, the first at most 6 and
+    the last at least ``len - 12``.  Within that, a slice starts at an
+    upper-case letter where one can: JSON and Salt's messages have few, and
+    the pattern search only stops where a slice's first character is.
+    """
+    starts: list[int] = []
+    last = len(secret) - 6
+    while not starts or starts[-1] < len(secret) - MIN_PIECE:
+        low = starts[-1] + 1 if starts else 0
+        window = range(min(low + 6, last), low - 1, -1)
+        starts.append(next((i for i in window if secret[i].isupper()), window[0]))
+    return starts
+
+
+@functools.lru_cache(maxsize=8)
+def _byte_slices(secrets: tuple[str, ...]) -> re.Pattern[bytes]:
+    return re.compile(_slices(secrets).pattern.encode())
 
 
 @functools.lru_cache(maxsize=8)

@@ -358,3 +358,21 @@ def test_the_outputter_is_found_by_salt_through_the_entry_point():
     pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     assert 'outputter_dirs = "spirodeploy.saltloader:outputter_dirs"' in pyproject
     assert '"spirodeploy.salt_output": "_output"' in (REPO / "setup.py").read_text()
+
+
+def test_every_12_character_piece_of_a_secret_holds_a_searched_slice():
+    # The quick check finds a piece only through a slice it holds whole.
+    import random
+    import string
+
+    from spirodeploy.sanitize import _slice_starts
+
+    rng = random.Random(7)
+    for length in [*range(12, 64), 174, 400]:
+        for alphabet in (string.ascii_letters + string.digits, "abc", "ABC"):
+            secret = "".join(rng.choice(alphabet) for _ in range(length))
+            starts = _slice_starts(secret)
+            assert all(0 <= start <= length - 6 for start in starts)
+            for piece_start in range(length - 11):
+                assert any(piece_start <= start <= piece_start + 6 for start in starts), \
+                    (secret, piece_start, starts)
