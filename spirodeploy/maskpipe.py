@@ -9,6 +9,8 @@ while this process goes on reading the stream.
 
 The child writes to the same standard output, in the order it was given the
 lines, and flushes each one (a reader sees every event as it arrives).  The
+caller prints on its own until the child says it is ready, so a child that
+cannot start loses nothing.  The
 protocol on its standard input is lines: a line that starts with NUL carries
 a secret to mask (JSON-encoded), any other line is printed.  Printed lines
 never start with NUL: JSON escapes it.  The secrets travel over the pipe, not
@@ -29,20 +31,52 @@ _SECRET = b"\x00"
 
 
 class MaskingPipe:
-    """A child process that masks ``secrets`` in each line written, then prints it."""
+    """A child process that masks ``secrets`` in each line written, then prints it.
+
+    The child says when it is ready (its imports done) on a pipe of its own;
+    until :meth:`ready` is True the caller keeps printing itself.  A child
+    that cannot start (an interpreter that is not Python, a broken install)
+    is never ready, and nothing is lost: the caller never stopped printing.
+    """
 
     def __init__(self, out: IO[str], secrets: Iterable[str]):
-        out.flush()  # what was printed before comes first
-        self._child = subprocess.Popen(
-            [sys.executable, "-m", "spirodeploy.maskpipe"], stdin=subprocess.PIPE,
-            stdout=out.fileno(),
-            # Ctrl-C and kill signals go to the deploy, which reports and
-            # then closes the pipe: the child ends when its input does.
-            start_new_session=True, bufsize=1 << 20)
+        ready_read, ready_write = os.pipe()
+        try:
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", "spirodeploy.maskpipe", str(ready_write)],
+                stdin=subprocess.PIPE, stdout=out.fileno(), pass_fds=(ready_write,),
+                # Ctrl-C and kill signals go to the deploy, which reports and
+                # then closes the pipe: the child ends when its input does.
+                start_new_session=True, bufsize=1 << 20)
+        except BaseException:
+            os.close(ready_read)
+            raise
+        finally:
+            os.close(ready_write)
+        self._ready_fd: int | None = ready_read
+        self._ready = False
+        self._out = out
         _widen(self._child.stdin)
         self._closed = False
         self.hide(*secrets)
 
+    def ready(self) -> bool | None:
+        """True once the child prints, None while it starts, False if it never will."""
+        if self._ready or self._ready_fd is None:
+            return self._ready or (None if self._ready_fd is not None else False)
+        import select
+
+        if not select.select([self._ready_fd], [], [], 0)[0]:
+            return None
+        said = os.read(self._ready_fd, 1)
+        os.close(self._ready_fd)
+        self._ready_fd = None
+        if said != b"1":  # it ended before its imports were done
+            self.close()
+            return False
+        self._out.flush()  # what the caller printed comes first
+        self._ready = True
+        return True
     def hide(self, *secrets: str) -> None:
         """Mask these too, in every line written from now on."""
         for secret in secrets:
@@ -57,6 +91,9 @@ class MaskingPipe:
 
     def close(self) -> None:
         """Wait until the child has printed everything."""
+        if self._ready_fd is not None:
+            os.close(self._ready_fd)
+            self._ready_fd = None
         if self._closed:
             return
         self._closed = True
@@ -97,9 +134,11 @@ def _widen(pipe: IO[bytes]) -> None:
 def start(out: IO[str], secrets: Iterable[str]) -> MaskingPipe | None:
     """A :class:`MaskingPipe` to ``out``, or None where one cannot help or run.
 
-    ``out`` must be a real file (the CLI's standard output); the child must
-    start.
+    ``out`` must be a real file (the CLI's standard output) on a POSIX
+    system (the readiness pipe); the child must start.
     """
+    if os.name != "posix":
+        return None
     try:
         out.fileno()
     except (AttributeError, OSError, ValueError):  # a StringIO, pytest's capture
@@ -114,6 +153,12 @@ def _main() -> None:
     from .sanitize import may_hold_secret, scrub
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ready = int(sys.argv[1])
+    try:
+        os.write(ready, b"1")  # from here on the lines are ours to print
+    except OSError:  # the deploy ended before we started: print what it sent
+        pass
+    os.close(ready)
     secrets: list[str] = []
     unfinished: list[bytes] = []  # the start of a line still arriving
     try:

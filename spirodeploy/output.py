@@ -295,7 +295,7 @@ class JsonPrinter:
 
     def _print(self, line: str) -> None:
         """Print one line (no newline in it), the token masked."""
-        if self._pipe is not None:
+        if self._masking_elsewhere():
             self._pipe.write(line + "\n")
             return
         print(scrub(line, self.secrets), file=self.out, flush=True)
@@ -305,6 +305,16 @@ class JsonPrinter:
 
             self._pipe_tried = True
             self._pipe = maskpipe.start(self.out, self.secrets)
+
+    def _masking_elsewhere(self) -> bool:
+        # Lines go to the masking process once it says it is ready; one that
+        # never will (it could not start) leaves the printing here.
+        if self._pipe is None:
+            return False
+        ready = self._pipe.ready()
+        if ready is False:
+            self._pipe = None
+        return bool(ready)
 
     def _emit(self, obj: dict[str, Any]) -> None:
         # json.dumps escapes every control and non-ASCII character (C1,
@@ -343,7 +353,7 @@ class JsonPrinter:
         head, tail = json.dumps({"report": data}, sort_keys=True).split(json.dumps(marker))
         # Each piece is masked alone (a token cannot span two, as pieces are
         # cut between JSON values); the masking process masks the whole line.
-        pipe = self._pipe
+        pipe = self._pipe if self._masking_elsewhere() else None
         write, mask = (pipe.write, _as_is) if pipe is not None else (self.out.write, scrub)
         write(mask(head, self.secrets) + "{")
         for index, (name, minion) in enumerate(sorted(report.minions.items())):

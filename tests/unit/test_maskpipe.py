@@ -15,9 +15,20 @@ TOKEN = make_token({"project_allow": ["proj"]})
 LATER = "a-later-secret-0123456789"  # hidden after the masking process started
 
 
+def _wait_until_ready(printer: JsonPrinter) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while printer._pipe is not None and printer._pipe.ready() is None:
+        assert time.monotonic() < deadline, "the masking process never started"
+        time.sleep(0.01)
+
+
 def _play(printer: JsonPrinter) -> None:
     report = DeployReport(project="proj", deployment="prod")
     for index in range(30):
+        if index == 2:
+            _wait_until_ready(printer)
         source = json.dumps({"msg": f"event {index} Bearer {TOKEN}", "cut": TOKEN[index:index + 20],
                              "later": LATER})
         data = EventData(json.loads(source), source)
@@ -42,7 +53,7 @@ def test_the_masking_process_prints_what_the_printer_would(tmp_path):
         printer = JsonPrinter(out=out, err=io.StringIO(), secrets=(TOKEN,))
         printer.MASK_ELSEWHERE_AFTER = 100  # from the first line on
         _play(printer)
-        assert printer._pipe is not None  # it really moved
+        assert printer._pipe is not None and printer._pipe.ready()  # it really moved
     shown = (tmp_path / "out.jsonl").read_text()
     assert not _leaks(shown) and "***" in shown
     # Line for line the same (hide(LATER) masks it from the same line on),
@@ -61,11 +72,27 @@ def test_a_closed_output_ends_the_printing_not_the_deploy():
         printer = JsonPrinter(out=out, err=io.StringIO(), secrets=(TOKEN,))
         printer.MASK_ELSEWHERE_AFTER = 0
         printer._print("{}")
-        assert printer._pipe is not None
+        _wait_until_ready(printer)
+        assert printer._pipe.ready()
         os.close(read)  # the reader goes away (spiro-deploy --json | head -1)
         for _ in range(300):  # more than any pipe buffer holds
             printer._print(json.dumps({"pad": "x" * 1000}))
         printer.close()  # returns: the child ended when its output went away
+
+
+def test_a_masking_process_that_cannot_start_loses_nothing(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # exits at once, never ready
+    inline = io.StringIO()
+    _play(JsonPrinter(out=inline, err=io.StringIO(), secrets=(TOKEN,)))
+    with open(tmp_path / "out.jsonl", "w") as out:
+        printer = JsonPrinter(out=out, err=io.StringIO(), secrets=(TOKEN,))
+        printer.MASK_ELSEWHERE_AFTER = 100
+        _play(printer)
+        assert printer._pipe is None and printer._pipe_tried  # it tried, and printed itself
+    shown = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert len(shown) == len(inline.getvalue().splitlines()) == 33 and not _leaks("".join(shown))
 
 
 def test_a_token_split_between_two_reads_is_still_masked():
@@ -73,8 +100,13 @@ def test_a_token_split_between_two_reads_is_still_masked():
     import sys
     import time
 
-    child = subprocess.Popen([sys.executable, "-m", "spirodeploy.maskpipe"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    ready_read, ready_write = os.pipe()
+    child = subprocess.Popen([sys.executable, "-m", "spirodeploy.maskpipe", str(ready_write)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             pass_fds=(ready_write,))
+    os.close(ready_write)
+    assert os.read(ready_read, 1) == b"1"
+    os.close(ready_read)
     child.stdin.write(b"\x00" + json.dumps(TOKEN).encode() + b"\n")
     line = f'{{"msg": "Bearer {TOKEN}"}}'.encode()
     half = len(line) // 2
@@ -97,7 +129,8 @@ def test_each_line_is_shown_as_it_comes():
         printer = JsonPrinter(out=out, err=io.StringIO(), secrets=(TOKEN,))
         printer.MASK_ELSEWHERE_AFTER = 0
         printer._print('{"first": 1}')
-        assert printer._pipe is not None
+        _wait_until_ready(printer)
+        assert printer._pipe.ready()
         for line in ('{"second": "Bearer ' + TOKEN + '"}', '{"third": 3}'):
             printer._print(line)
             assert select.select([shown], [], [], 10)[0], "the line was held back"
