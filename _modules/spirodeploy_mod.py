@@ -220,7 +220,7 @@ def deploy(
     try:
         from spirodeploy.deploy import deploy as deploy_project
 
-        check_report_paths(junit, html, prefix="")
+        check_report_paths(junit, html)
         report_files = (junit, html)
 
         do_highstate = saltsupport.to_bool(highstate, "highstate", default=True)

@@ -184,7 +184,7 @@ def deploy(
         from spirodeploy.deploy import deploy as deploy_project
         from spirodeploy.reportfiles import check_report_paths
 
-        check_report_paths(junit, html, prefix="")
+        check_report_paths(junit, html)
         report_files = (junit, html)
         do_highstate = saltsupport.to_bool(highstate, "highstate", default=True)
         empty_ok = saltsupport.to_bool(allow_empty, "allow_empty")

@@ -288,11 +288,9 @@ def _check_report_files(args: argparse.Namespace, history) -> None:
     if args.dry_run or history.action:
         raise UsageError("--junit and --html report a deploy: they cannot go with --dry-run, "
                          "--history, --rollback or --promote-from")
-    from .reportfiles import check_writable
+    from .reportfiles import check_report_paths
 
-    for option, path in (("--junit", args.junit), ("--html", args.html)):
-        if path is not None:
-            check_writable(option, path)
+    check_report_paths(args.junit, args.html)
 
 
 def _reporting(args: argparse.Namespace, printer, history, run):

@@ -40,6 +40,8 @@ CLI_NAMES: dict[str, str] = {
     "ssl_cert_each": "--ssl-cert",
     "rollback_to": "--to",
     "force": "--force",
+    "junit": "--junit",
+    "html": "--html",
 }
 
 _NAMES: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(

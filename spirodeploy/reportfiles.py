@@ -14,50 +14,49 @@ import tempfile
 from collections.abc import Iterable
 from typing import Any
 
+from .atomicfile import replace_file
 from .errors import UsageError
 
 
-def check_writable(option: str, path: str) -> None:
+def check_writable(setting: str, path: str) -> None:
     """Raise :class:`UsageError` unless ``path`` can be written (its directory exists
-    and is writable, and it is not a directory).  Creates nothing."""
+    and is writable, and it is not a directory).  Creates nothing.
+
+    ``setting`` is ``"junit"`` or ``"html"``: each face names it its own way
+    (``--junit`` on the command line, ``junit`` in Salt).
+    """
     if not path or not path.strip():
-        raise UsageError(f"{option}: the file name is empty")
+        raise _path_error(setting, "", "the file name is empty")
     if os.path.isdir(path):
-        raise UsageError(f"{option} {path!r}: is a directory")
+        raise _path_error(setting, path, "is a directory")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise UsageError(f"{option} {path!r}: directory {directory!r} does not exist")
+        raise _path_error(setting, path, f"directory {directory!r} does not exist")
     # os.access says yes to root for any mode; a real (and removed) temporary
     # file says whether this process can create files there.
     try:
         fd, probe = tempfile.mkstemp(prefix=".spiro-report-", dir=directory)
     except OSError as exc:
-        raise UsageError(f"{option} {path!r}: cannot write in {directory!r}: "
-                         f"{exc.strerror}") from None
+        raise _path_error(setting, path,
+                          f"cannot write in {directory!r}: {exc.strerror}") from None
     os.close(fd)
     os.unlink(probe)
     if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise UsageError(f"{option} {path!r}: the file is not writable")
+        raise _path_error(setting, path, "the file is not writable")
 
 
-def write_atomic(option: str, path: str, data: bytes) -> None:
+def write_atomic(setting: str, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, temp = tempfile.mkstemp(prefix=".spiro-report-", dir=directory)
+        replace_file(path, data, prefix=".spiro-report-", mode=0o644)
     except OSError as exc:
-        raise UsageError(f"{option} {path!r}: cannot write: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except OSError as exc:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise UsageError(f"{option} {path!r}: cannot write: {exc.strerror}") from None
+        raise _path_error(setting, path, f"cannot write: {exc.strerror}") from None
+
+
+def _path_error(setting: str, path: str, problem: str) -> UsageError:
+    # "--junit 'x.xml': is a directory" on the command line, "junit 'x.xml': ..." in Salt.
+    what = f"{path!r}: {problem}" if path else problem
+    return UsageError(what, setting=setting, fix=f"{{{setting}}}{' ' if path else ': '}{{what}}")
 
 
 def write_reports(report: Any, *, junit: str | None = None, html: str | None = None,
@@ -70,16 +69,16 @@ def write_reports(report: Any, *, junit: str | None = None, html: str | None = N
     secrets = [secret for secret in secrets if secret]
     written: list[str] = []
     problems: list[UsageError] = []
-    for option, path in (("--junit", junit), ("--html", html)):
+    for setting, path in (("junit", junit), ("html", html)):
         if not path:
             continue
-        if option == "--junit":
+        if setting == "junit":
             from .junit import render
         else:
             from .html_report import render
         try:
             data = render(report, secrets)
-            write_atomic(option, path, data if isinstance(data, bytes) else data.encode("utf-8"))
+            write_atomic(setting, path, data if isinstance(data, bytes) else data.encode("utf-8"))
             written.append(path)
         except UsageError as exc:
             problems.append(exc)
@@ -88,15 +87,11 @@ def write_reports(report: Any, *, junit: str | None = None, html: str | None = N
     return written
 
 
-def check_report_paths(junit: str | None, html: str | None, *, prefix: str = "--") -> None:
-    """:func:`check_writable` for each report file asked for (``None``: not asked).
-
-    ``prefix`` names the options in messages: ``--junit`` for the CLI,
-    ``junit`` for the Salt functions.
-    """
-    for option, path in (("junit", junit), ("html", html)):
+def check_report_paths(junit: str | None, html: str | None) -> None:
+    """:func:`check_writable` for each report file asked for (``None``: not asked)."""
+    for setting, path in (("junit", junit), ("html", html)):
         if path is not None:
-            check_writable(f"{prefix}{option}", str(path))
+            check_writable(setting, str(path))
 
 
 def write_for_salt(ret: dict[str, Any], report: Any, junit: str | None, html: str | None,
@@ -114,7 +109,7 @@ def write_for_salt(ret: dict[str, Any], report: Any, junit: str | None, html: st
             report, junit=junit and str(junit), html=html and str(html),
             secrets=[secret for secret in secrets if secret])
     except UsageError as exc:
-        message = exc.message.replace("--junit", "junit").replace("--html", "html")
+        message = exc.message  # in the face's terms: it runs in its naming()
         ret["report_files_error"] = message
         ret.setdefault("warnings", []).append(message)
     return ret

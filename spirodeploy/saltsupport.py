@@ -71,6 +71,8 @@ SALT_NAMES: dict[str, str] = {
     "ssl_cert_each": "ssl_cert",
     "rollback_to": "to=<entry>",
     "force": "force=True",
+    "junit": "junit",
+    "html": "html",
 }
 
 

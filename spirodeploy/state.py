@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from .atomicfile import replace_file
 from .manifest import MANIFEST_NAME, diff_manifests
 from .report import DeployReport
 
@@ -134,17 +134,7 @@ def write_record(path: str, *, project: str, deployment: str, manifest: Mapping[
         "manifest": dict(manifest),
     }
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".record.", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    replace_file(path, json.dumps(record, sort_keys=True).encode(), prefix=".record.")
     return record
 
 

@@ -28,15 +28,14 @@ import hashlib
 import hmac
 import json
 import math
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from .atomicfile import replace_file
 from .errors import ConfigError, TokenExpired, TokenNotAllowed, UsageError
 
 #: The caveat keys SpiroFS 0.3 understands; any other makes it refuse a token.
@@ -506,20 +505,9 @@ def write_private(path: str, text: str) -> None:
     A temporary file made with mode 0600 in the same directory is renamed
     over ``path``; raises :class:`UsageError` naming the file if it cannot.
     """
-    directory = os.path.dirname(os.path.abspath(path))
     try:
-        handle, temp = tempfile.mkstemp(prefix=".spiro-token-", dir=directory)
+        replace_file(path, text.encode("utf-8"), prefix=".spiro-token-")
     except OSError as exc:
-        raise UsageError(f"cannot write {path!r}: {exc.strerror}") from None
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temp, path)
-    except OSError as exc:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
         raise UsageError(f"cannot write {path!r}: {exc.strerror}") from None
 
 

@@ -274,3 +274,8 @@ def _parse_multipart(received: Received, content_type: str, body: bytes) -> None
             received.bundle_parts += 1
         else:
             received.fields[name.group(1).decode()] = payload.decode()
+
+
+def uploads(server: FakeSpiroServer) -> list[Received]:
+    """The uploads (POSTs) ``server`` received."""
+    return [received for received in server.received if received.method == "POST"]

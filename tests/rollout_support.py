@@ -8,7 +8,7 @@
 * the loader dunders each test module hands salt-factories from its own
   ``configure_loader_modules`` (:func:`runner_loader_modules`,
   :func:`state_loader_modules`);
-* the fake server's side: :func:`upload_only`, :func:`uploads`.
+* the fake server's side: :func:`upload_only`.
 
 The fixtures built from these are in tests/unit/conftest.py.
 """
@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from tests.fakeserver import FakeSpiroServer, sse
+from tests.saltloader_support import minion_salt
 
 OK_STATE = {"test_|-ok_|-ok_|-succeed_with_changes": {
     "result": True, "changes": {"x": 1}, "comment": "Success!", "__run_num__": 0,
@@ -111,16 +112,7 @@ def state_loader_modules(spiromod: ModuleType, spirostates: ModuleType, server: 
                          runners: Runners) -> dict[ModuleType, Any]:
     """The state's (and the execution module's) loader dunders on the master, for a test
     module's ``configure_loader_modules``."""
-    config = {"spirodeploy:server": server, "spirodeploy:token": token,
-              "spirodeploy:insecure": True}
-    salt = {
-        "config.get": lambda key, default="": config.get(key, default),
-        "event.send": bus.send,
-        "cp.list_master": fileserver.list_master,
-        "cp.get_file_str": fileserver.get_file_str,
-        "saltutil.runner": runners,
-    }
-    salt["spirodeploy.status"] = spiromod.status
+    salt = {**minion_salt(spiromod, server, token, bus, fileserver), "saltutil.runner": runners}
     return {spiromod: {"__opts__": opts, "__salt__": salt, "__context__": {}},
             spirostates: {"__opts__": opts, "__salt__": salt, "__context__": {}}}
 
@@ -128,8 +120,3 @@ def state_loader_modules(spiromod: ModuleType, spirostates: ModuleType, server: 
 def upload_only(fake_server: FakeSpiroServer) -> None:
     """The server's answer to a deploy without highstate."""
     fake_server.then(chunks=[sse("deploy-bundle", {"msg": "Deploying bundle"})])
-
-
-def uploads(fake_server: FakeSpiroServer) -> list:
-    """The uploads (POSTs) the fake server received."""
-    return [r for r in fake_server.received if r.method == "POST"]

@@ -72,3 +72,22 @@ class JidEvent:
     @property
     def messages(self):
         return [data["message"] for suffix, data in self.fired if suffix == "progress"]
+
+
+def minion_salt(spiromod: ModuleType, server: str, token: str, bus: Bus,
+                fileserver: Fileserver) -> dict:
+    """The ``__salt__`` of a minion whose master runs the fake server.
+
+    ``config.get`` answers ``spirodeploy:server``, ``:token`` and ``:insecure``;
+    ``event.send`` goes to ``bus``; ``cp.*`` read what ``fileserver`` serves;
+    ``spirodeploy.status`` is the execution module's own (the state calls it).
+    """
+    config = {"spirodeploy:server": server, "spirodeploy:token": token,
+              "spirodeploy:insecure": True}
+    return {
+        "config.get": lambda key, default="": config.get(key, default),
+        "event.send": bus.send,
+        "cp.list_master": fileserver.list_master,
+        "cp.get_file_str": fileserver.get_file_str,
+        "spirodeploy.status": spiromod.status,
+    }

@@ -16,8 +16,33 @@ import types
 import pytest
 
 from spirodeploy import saltsupport
+from spirodeploy.cli import main
 from tests.rollout_support import TOPS, FakeLocalClient, RunnerFunctions, Runners
 from tests.saltloader_support import Bus, Fileserver, JidEvent
+
+
+@pytest.fixture
+def run_main(project, monkeypatch, capsys):
+    """``main()`` in the project directory with no ``SPIRO_*`` setting but those a
+    test sets; returns ``(exit status, stdout, stderr)``."""
+    monkeypatch.chdir(project)
+    for name in ("SPIRO_URL", "SPIRO_TOKEN", "SPIRO_TOKEN_FILE", "NO_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def cli(run_main, fake_server, token, monkeypatch):
+    """:func:`run_main` against the fake server, with a token that may deploy."""
+    monkeypatch.setenv("SPIRO_URL", fake_server.url)
+    monkeypatch.setenv("SPIRO_TOKEN", token)
+    return run_main
 
 
 @pytest.fixture

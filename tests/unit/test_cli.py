@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from spirodeploy.cli import main
 from spirodeploy.errors import ExitCode
 from spirodeploy.output import HumanPrinter, use_colour
 from tests.fakeserver import highstate_events, sse
@@ -22,23 +21,6 @@ from tests.support import REPO, make_token
 FAILED_RET = {"cmd_|-broken_|-false_|-run": {
     "result": False, "changes": {}, "comment": 'Command "false" run', "__run_num__": 0,
     "__id__": "broken", "name": "false"}}
-
-
-@pytest.fixture
-def cli(project, fake_server, token, monkeypatch, capsys):
-    """Run main() in the project dir against the fake server; return (code, out, err)."""
-    monkeypatch.chdir(project)
-    monkeypatch.setenv("SPIRO_URL", fake_server.url)
-    monkeypatch.setenv("SPIRO_TOKEN", token)
-    for name in ("SPIRO_TOKEN_FILE", "NO_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def test_deploy_shows_each_stage_minion_and_summary(cli, fake_server):

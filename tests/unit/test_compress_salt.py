@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from spirodeploy.compress import GZIP_HEADER
-from tests.saltloader_support import Bus, JidEvent, load_salt_file
+from tests.saltloader_support import Bus, JidEvent, load_salt_file, minion_salt
 from tests.support import make_token
 
 spiromod = load_salt_file("modules", "salt_ext_spirodeploy_module_compress")
@@ -19,14 +19,9 @@ TOKEN = make_token()
 
 @pytest.fixture
 def configure_loader_modules(fake_server, fileserver, tmp_path):
-    config = {"spirodeploy:server": fake_server.url, "spirodeploy:token": TOKEN,
-              "spirodeploy:insecure": True}
     opts = {"id": "build-1", "__role": "minion", "file_client": "remote",
             "cachedir": str(tmp_path / "cache"), "test": False}
-    salt = {"config.get": lambda key, default="": config.get(key, default),
-            "event.send": Bus().send, "cp.list_master": fileserver.list_master,
-            "cp.get_file_str": fileserver.get_file_str}
-    salt["spirodeploy.status"] = spiromod.status
+    salt = minion_salt(spiromod, fake_server.url, TOKEN, Bus(), fileserver)
     master_opts = {"__role": "master", "sock_dir": str(tmp_path / "sock"),
                    "cachedir": str(tmp_path / "master"),
                    "spirodeploy": {"server": fake_server.url, "token": TOKEN, "insecure": True}}

@@ -8,7 +8,6 @@ import time
 import pytest
 
 from spirodeploy import client
-from spirodeploy.cli import main
 from spirodeploy.deploy import deploy
 from spirodeploy.errors import ConfigError, ExitCode
 from spirodeploy.history import HistoryStore
@@ -33,18 +32,10 @@ def servers():
 
 
 @pytest.fixture
-def cli(project, token, monkeypatch, capsys):
-    monkeypatch.chdir(project)
+def cli(run_main, token, monkeypatch):
+    """main() with a token and no server: each test names its servers."""
     monkeypatch.setenv("SPIRO_TOKEN", token)
-    for name in ("SPIRO_URL", "SPIRO_TOKEN_FILE", "NO_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return run_main
 
 
 def stamp(server: FakeSpiroServer) -> list[float]:

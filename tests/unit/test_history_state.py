@@ -3,14 +3,11 @@ tests/unit/test_salt_state.py, the fake server, the fake fileserver)."""
 
 from __future__ import annotations
 
-import io
-import tarfile
-
 import pytest
 
 from spirodeploy.history import HistoryStore
 from tests.fakeserver import highstate_events
-from tests.saltloader_support import Bus, Fileserver, load_salt_file
+from tests.saltloader_support import Bus, load_salt_file, minion_salt
 from tests.support import make_token
 
 spiromod = load_salt_file("modules", "salt_ext_spirodeploy_module_history_state")
@@ -22,24 +19,10 @@ FAILED_RET = {"test_|-broken_|-broken_|-fail_without_changes": {
 
 
 @pytest.fixture
-def configure_loader_modules(fake_server, tmp_path):
-    served = Fileserver()
-
-    def deployed(received):
-        if received.bundle is None:
-            return
-        with tarfile.open(fileobj=io.BytesIO(received.bundle)) as tar:
-            files = {m.name: tar.extractfile(m).read().decode() for m in tar if m.isfile()}
-        served.envs[f"{received.fields['project']}/{received.fields['deployment']}"] = files
-
-    fake_server.on_request = deployed
-    config = {"spirodeploy:server": fake_server.url, "spirodeploy:token": TOKEN,
-              "spirodeploy:insecure": True}
+def configure_loader_modules(fake_server, fileserver, tmp_path):
     opts = {"id": "build-1", "__role": "minion", "file_client": "remote",
             "cachedir": str(tmp_path / "cache"), "test": False}
-    salt = {"config.get": lambda key, default="": config.get(key, default),
-            "event.send": Bus().send, "cp.list_master": served.list_master,
-            "cp.get_file_str": served.get_file_str, "spirodeploy.status": spiromod.status}
+    salt = minion_salt(spiromod, fake_server.url, TOKEN, Bus(), fileserver)
     return {spiromod: {"__opts__": opts, "__salt__": salt, "__context__": {}},
             spirostates: {"__opts__": opts, "__salt__": salt, "__context__": {}}}
 

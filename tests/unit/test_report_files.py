@@ -13,7 +13,6 @@ import junitparser
 import pytest
 import xmlschema
 
-from spirodeploy.cli import main
 from spirodeploy.errors import ExitCode, UsageError
 from spirodeploy.reportfiles import check_writable, write_reports
 from tests.fakeserver import highstate_events
@@ -23,22 +22,6 @@ SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "junit.xsd"
 FAILED_RET = {"cmd_|-broken_|-false_|-run": {
     "result": False, "changes": {}, "comment": 'Command "false" run', "__run_num__": 0,
     "__id__": "broken", "name": "false", "duration": 12.5}}
-
-
-@pytest.fixture
-def cli(project, fake_server, token, monkeypatch, capsys):
-    monkeypatch.chdir(project)
-    monkeypatch.setenv("SPIRO_URL", fake_server.url)
-    monkeypatch.setenv("SPIRO_TOKEN", token)
-    for name in ("SPIRO_TOKEN_FILE", "NO_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def html_data(path: Path) -> dict:
@@ -103,7 +86,7 @@ def test_a_directory_without_write_permission_is_refused(tmp_path):
         locked.chmod(0o500)
         target = str(locked / "report.xml")
     with pytest.raises(UsageError, match="cannot write in"):
-        check_writable("--junit", target)
+        check_writable("junit", target)
 
 
 def test_reports_are_not_for_dry_runs_or_history_verbs(cli, fake_server, tmp_path):
@@ -133,3 +116,20 @@ def test_write_reports_replaces_and_says_which_failed(tmp_path):
     assert junit.read_bytes().startswith(b'<?xml version="1.0" encoding="UTF-8"?>')
     with pytest.raises(UsageError, match=r"--html .*cannot write"):
         write_reports(mixed_fleet(), junit=str(junit), html=str(tmp_path / "gone" / "r.html"))
+
+
+def test_a_report_file_error_names_each_faces_option(tmp_path):
+    # The messages carry the setting; the CLI says --junit, a Salt face junit.
+    from spirodeploy.errors import naming
+    from spirodeploy.reportfiles import write_for_salt
+    from spirodeploy.saltsupport import SALT_NAMES
+
+    missing = str(tmp_path / "missing" / "junit.xml")
+    with pytest.raises(UsageError) as cli_error:
+        write_reports(mixed_fleet(), junit=missing)
+    assert cli_error.value.message.startswith(f"--junit {missing!r}: cannot write")
+    with naming(SALT_NAMES):
+        ret = write_for_salt({}, mixed_fleet(), missing, None, secrets=())
+    assert ret["report_files_error"].startswith(f"junit {missing!r}: cannot write")
+    with pytest.raises(UsageError, match=r"^--html: the file name is empty$"):
+        check_writable("html", "  ")

@@ -11,7 +11,8 @@ from spirodeploy import rollout
 from spirodeploy.compress import GZIP_HEADER
 from spirodeploy.errors import ConfigError
 from spirodeploy.rollout import RolloutError
-from tests.rollout_support import runner_loader_modules, upload_only, uploads
+from tests.fakeserver import uploads
+from tests.rollout_support import runner_loader_modules, upload_only
 from tests.saltloader_support import load_salt_file
 from tests.support import make_token
 

@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from tests.rollout_support import state_loader_modules, upload_only, uploads
+from tests.fakeserver import uploads
+from tests.rollout_support import state_loader_modules, upload_only
 from tests.saltloader_support import load_salt_file
 from tests.support import make_token
 

@@ -10,8 +10,8 @@ import json
 import pytest
 
 from spirodeploy import state as spirostate
-from tests.fakeserver import highstate_events, sse
-from tests.saltloader_support import load_salt_file
+from tests.fakeserver import highstate_events, sse, uploads
+from tests.saltloader_support import load_salt_file, minion_salt
 from tests.support import make_token
 
 spiromod = load_salt_file("modules", "salt_ext_spirodeploy_module_for_states")
@@ -32,24 +32,12 @@ def opts(tmp_path):
 
 @pytest.fixture
 def configure_loader_modules(fake_server, bus, fileserver, opts):
-    config = {"spirodeploy:server": fake_server.url, "spirodeploy:token": TOKEN,
-              "spirodeploy:insecure": True}
-    salt = {
-        "config.get": lambda key, default="": config.get(key, default),
-        "event.send": bus.send,
-        "cp.list_master": fileserver.list_master,
-        "cp.get_file_str": fileserver.get_file_str,
-    }
+    salt = minion_salt(spiromod, fake_server.url, TOKEN, bus, fileserver)
     context = {}
-    salt["spirodeploy.status"] = spiromod.status
     return {
         spiromod: {"__opts__": opts, "__salt__": salt, "__context__": context},
         spirostates: {"__opts__": opts, "__salt__": salt, "__context__": context},
     }
-
-
-def uploads(fake_server):
-    return [r for r in fake_server.received if r.method == "POST"]
 
 
 def test_virtual():
